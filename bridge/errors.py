@@ -1,0 +1,150 @@
+"""Every error the bridge raises, in one tree.
+
+::
+
+    BridgeError                         base; never raised directly
+    ├─ ConfigError (+ValueError)        bad settings: names the key; exits at start-up
+    ├─ SignalingError
+    │  ├─ FrameError                    a frame that is not a valid message (too big, not protobuf/JSON)
+    │  ├─ SignalProtocolError           the peer broke the signaling protocol
+    │  ├─ InvalidState (+AssertionError) the core was driven in the wrong state: a bug
+    │  ├─ JoinRejected                  LiveKit refused the join (token, permission, room)
+    │  └─ SessionClosed                 the server ended the session (leave reason + action)
+    ├─ SimulatorError                   the room simulator refused a request
+    │  ├─ AuthError                     401: bad, expired or unauthorised token
+    │  ├─ BadRequest                    400: missing or malformed parameters
+    │  └─ NotFound                      404: unknown room / participant / track
+    ├─ MappingError                     a LiveKit message we cannot map: counted and skipped
+    ├─ CommandError
+    │  ├─ InvalidCommand                fails validation: rejected / dead-lettered, never retried
+    │  ├─ RoomNotOwned                  the command reached a replica that does not own the room
+    │  └─ UnknownRoom
+    ├─ BusError                         ``retriable`` says whether trying again can help
+    │  ├─ BusUnavailable                retriable
+    │  └─ PublishFailed                 retriable unless the broker rejected the record
+    ├─ MediaError
+    │  └─ NegotiationFailed
+    └─ OwnershipLost                    another replica owns the room: stop at once
+
+Adapters translate foreign exceptions (websockets, aiokafka, nats, aiortc) into this tree with
+``raise ... from exc``; nothing foreign crosses a package boundary. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class BridgeError(Exception):
+    """Base of every bridge error. ``retriable`` is the policy callers consult."""
+
+    retriable: ClassVar[bool] = False
+
+
+class ConfigError(BridgeError, ValueError):
+    """A setting is missing or wrong; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class SignalingError(BridgeError):
+    """Something went wrong on the LiveKit signaling channel."""
+
+
+class FrameError(SignalingError):
+    """A frame could not be decoded, or exceeded the size limit."""
+
+
+class SignalProtocolError(SignalingError):
+    """The peer sent something the protocol does not allow at this point."""
+
+
+class InvalidState(SignalingError, AssertionError):
+    """A sans-I/O core was driven in a state that does not allow the call (a bug in the caller)."""
+
+
+class JoinRejected(SignalingError):
+    """LiveKit refused the join: permanent until the named setting is fixed."""
+
+    def __init__(self, message: str, *, status: int | None = None, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.setting = setting
+
+
+class SessionClosed(SignalingError):
+    """The server ended the session with a ``leave``."""
+
+    def __init__(self, reason: str, action: str) -> None:
+        super().__init__(f"session closed by server: reason={reason} action={action}")
+        self.reason = reason
+        self.action = action
+
+
+class SimulatorError(BridgeError):
+    """The simulator refused a client or admin request; ``status`` is the HTTP status it answers."""
+
+    status: ClassVar[int] = 500
+
+
+class AuthError(SimulatorError):
+    status: ClassVar[int] = 401
+
+
+class BadRequest(SimulatorError):
+    status: ClassVar[int] = 400
+
+
+class NotFound(SimulatorError):
+    status: ClassVar[int] = 404
+
+
+class MappingError(BridgeError):
+    """A LiveKit message could not be turned into an event."""
+
+
+class CommandError(BridgeError):
+    """A command could not be applied."""
+
+
+class InvalidCommand(CommandError):
+    """The command failed validation; ``code`` is a stable machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RoomNotOwned(CommandError):
+    """This replica does not own the room the command is for."""
+
+
+class UnknownRoom(CommandError):
+    """No session exists for the room the command is for."""
+
+
+class BusError(BridgeError):
+    """A broker operation failed."""
+
+
+class BusUnavailable(BusError):
+    retriable: ClassVar[bool] = True
+
+
+class PublishFailed(BusError):
+    retriable: ClassVar[bool] = True
+
+
+class MediaError(BridgeError):
+    """The WebRTC side failed."""
+
+
+class NegotiationFailed(MediaError):
+    """An SDP offer or answer could not be applied."""
+
+
+class OwnershipLost(BridgeError):
+    """Another replica owns the room now (e.g. LiveKit evicted us for a duplicate identity)."""
