@@ -362,8 +362,11 @@ class ParticipantMedia:
             if peer.pc.signalingState != "have-local-offer":
                 log.warning("answer %d in state %s, ignored", answer.id, peer.pc.signalingState)
                 return
+            # Several SDKs always send id 0; a non-zero mismatch is a stale answer (e.g. to an
+            # offer re-sent after a resume) that must not be applied to the newer offer.
             if answer.id and answer.id != peer.offer_id:
-                log.info("answer id %d for offer %d", answer.id, peer.offer_id)
+                log.info("stale answer %d (waiting for %d), ignored", answer.id, peer.offer_id)
+                return
             await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
             await self._flush_candidates(peer)
             if peer.renegotiate:

@@ -8,11 +8,11 @@ import aiohttp
 import jwt
 import pytest
 import websockets
+from livekit.protocol import rtc
 from support.signal_client import API_KEY, API_SECRET, SignalClient, make_token, v1_join_request
 from support.simulator import running_sim
 
 from bridge.sim.server import SimServer
-from livekit.protocol import rtc
 
 
 @pytest.fixture
@@ -123,4 +123,3 @@ async def test_v1_can_be_switched_off_for_fallback_tests() -> None:
         assert status == 404
         assert "requested room does not exist" not in body
         assert (await validate(server, "/rtc/validate", access_token=token))[0] == 200
-

@@ -120,7 +120,9 @@ class Client:
                 await self.sub_pc.setRemoteDescription(RTCSessionDescription(response.offer.sdp, "offer"))
                 await self.sub_pc.setLocalDescription(await self.sub_pc.createAnswer())
                 await self.media.handle_answer(
-                    rtc.SessionDescription(type="answer", sdp=self.sub_pc.localDescription.sdp, id=response.offer.id)
+                    rtc.SessionDescription(
+                        type="answer", sdp=self.sub_pc.localDescription.sdp, id=response.offer.id
+                    )
                 )
             elif kind == "answer":
                 await self.pub_pc.setRemoteDescription(RTCSessionDescription(response.answer.sdp, "answer"))
@@ -227,9 +229,18 @@ async def test_v0_subscribed_tone_reaches_client_then_is_replaced(clients: list[
     assert dict(offer.mid_to_track_id) == {audio[0].rtp.muxId: "TR_tone"}
     assert [r.offer.id for r in client.of_kind("offer")] == [1, 2]
 
+    # after a resume: a fresh offer with a new id and the same content
+    await until(lambda: client.sub_pc.signalingState == "stable", "the second answer")
+    await client.media.renegotiate()
+    await until(
+        lambda: client.sub_pc.signalingState == "stable" and len(client.of_kind("offer")) == 3, "re-offer"
+    )
+    assert client.of_kind("offer")[-1].offer.id == 3
+    assert dict(client.of_kind("offer")[-1].offer.mid_to_track_id) == dict(offer.mid_to_track_id)
+
     # Unsubscribe: the m-line goes inactive; a new subscription reuses it.
     await client.media.remove_subscribed_track("TR_tone")
-    await until(lambda: len(client.of_kind("offer")) == 3, "the unsubscribe offer")
+    await until(lambda: len(client.of_kind("offer")) == 4, "the unsubscribe offer")
     gone = client.of_kind("offer")[-1].offer
     assert [m.direction for m in sections(gone.sdp) if m.kind == "audio"] == ["inactive"]
     assert dict(gone.mid_to_track_id) == {}
@@ -292,7 +303,6 @@ async def test_two_tracks_of_one_kind_in_one_offer(clients: list[Client]) -> Non
     client.gate.clear()
     await client.media.add_subscribed_track("PA_x", "TR_a", ToneTrack())
     await client.media.add_subscribed_track("PA_x", "TR_b", ToneTrack(550))
-    await client.media.renegotiate()  # no effect on content: a re-send of the outstanding offer
     client.gate.set()
     await until(
         lambda: client.frames_by_id.get("TR_a", 0) >= 10 and client.frames_by_id.get("TR_b", 0) >= 10,
@@ -393,8 +403,10 @@ async def test_v1_requests_missing_slots_and_publishes(clients: list[Client]) ->
     await client.media.remove_subscribed_track("TR_tone")
     await until(lambda: len(client.of_kind("media_sections_requirement")) == 2, "the 0/0 requirement")
     await until(
-        lambda: not client.of_kind("answer")[-1].answer.mid_to_track_id
-        and client.pub_pc.signalingState == "stable",
+        lambda: (
+            not client.of_kind("answer")[-1].answer.mid_to_track_id
+            and client.pub_pc.signalingState == "stable"
+        ),
         "an answer without the track",
     )
 
@@ -413,7 +425,12 @@ def test_parse_candidate_init() -> None:
     )
     candidate = parse_candidate_init(text)
     assert candidate is not None
-    assert (candidate.ip, candidate.port, candidate.type, candidate.sdpMid) == ("127.0.0.1", 50000, "host", "0")
+    assert (candidate.ip, candidate.port, candidate.type, candidate.sdpMid) == (
+        "127.0.0.1",
+        50000,
+        "host",
+        "0",
+    )
     assert parse_candidate_init(json.dumps({"candidate": "", "sdpMid": "0"})) is None
     assert parse_candidate_init("not json") is None
     mdns = json.dumps({"candidate": "candidate:1 1 udp 2122260223 abc.local 5000 typ host", "sdpMid": "0"})
@@ -428,7 +445,11 @@ async def test_trickle_before_remote_description_is_queued(clients: list[Client]
     sub_offer = client.of_kind("offer")[0].offer
     port = next(c.port for m in sections(sub_offer.sdp) for c in m.ice_candidates)
     # A bogus candidate (nobody listens there) must neither break nor block the connection.
-    init = {"candidate": f"candidate:9 1 udp 1 127.0.0.1 {port + 1} typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+    init = {
+        "candidate": f"candidate:9 1 udp 1 127.0.0.1 {port + 1} typ host",
+        "sdpMid": "0",
+        "sdpMLineIndex": 0,
+    }
     trickle = rtc.TrickleRequest(candidateInit=json.dumps(init), target=rtc.SignalTarget.SUBSCRIBER)
     await client.media.handle_trickle(trickle)
     await client.media.handle_trickle(

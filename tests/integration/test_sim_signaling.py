@@ -7,13 +7,13 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from livekit.protocol import models, rtc
 from support.signal_client import SignalClient, make_token, participant_states, v1_join_request
 from support.simulator import running_sim
 from support.waiting import eventually
 
 from bridge.sim.scenario import Scenario
 from bridge.sim.server import SimServer
-from livekit.protocol import models, rtc
 
 Sim = tuple[SimServer, Scenario]
 
@@ -62,7 +62,9 @@ async def test_pings_are_answered_and_tokens_refresh_periodically(sim: Sim) -> N
         assert pong.timestamp >= sent_at
         await client.send(rtc.SignalRequest(ping=sent_at))
         assert await client.expect("pong") >= sent_at
-        await eventually(lambda: len(client.of("refresh_token")) >= 3, within=5, what="periodic refresh_token")
+        await eventually(
+            lambda: len(client.of("refresh_token")) >= 3, within=5, what="periodic refresh_token"
+        )
 
 
 async def test_json_text_frames_switch_replies_to_json(sim: Sim) -> None:
@@ -98,7 +100,9 @@ async def test_malformed_frame_closes_only_that_client(sim: Sim) -> None:
         await good.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=5)))
         await good.expect("pong_resp", after=seen)
         # The others see the bad client go: it never connected WebRTC, so it is removed at once.
-        await eventually(lambda: "bad" not in server.rooms["r1"].participants, within=5, what="bad client removed")
+        await eventually(
+            lambda: "bad" not in server.rooms["r1"].participants, within=5, what="bad client removed"
+        )
 
 
 async def test_duplicate_identity_evicts_the_first_session(sim: Sim) -> None:
@@ -192,8 +196,13 @@ async def test_v1_join_request_is_honoured(sim: Sim) -> None:
         participant_attributes={"role": "bot"},
     )
     params = {"join_request": v1_join_request(join_request)}
-    async with await SignalClient.open(server.url, make_token("alice", "r1", can_update_own_metadata=True),
-                                       path="/rtc/v1", params=params, bearer=True) as client:
+    async with await SignalClient.open(
+        server.url,
+        make_token("alice", "r1", can_update_own_metadata=True),
+        path="/rtc/v1",
+        params=params,
+        bearer=True,
+    ) as client:
         join = await client.expect("join")
         assert join.participant.metadata == "from-join-request"
         assert join.participant.attributes["role"] == "bot"

@@ -147,6 +147,10 @@ class BrokerProcess(ABC):
     def probe(self, timeout: float) -> None:
         """Return if the broker is ready; raise OSError or _NotReadyError otherwise."""
 
+    def extra_env(self) -> dict[str, str]:
+        """Environment variables added to the broker's environment."""
+        return {}
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     @property
@@ -167,7 +171,12 @@ class BrokerProcess(ABC):
             log.flush()
             began = time.monotonic()
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env={**os.environ, **self.extra_env()},
             )
         _LIVE.add(self)
         self.starts += 1
@@ -401,6 +410,9 @@ class KafkaBroker(BrokerProcess):
             "--advertised-listener-url", listener,
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
+
+    def extra_env(self) -> dict[str, str]:
+        return {"NO_COLOR": "1"}  # plain log lines (tracing's ANSI colours otherwise)
 
     def probe(self, timeout: float) -> None:
         kafka_api_versions(HOST, self.port, timeout)

@@ -38,7 +38,13 @@ def make_token(
         head, *rest = snake.split("_")
         video[head + "".join(part.title() for part in rest)] = value
     now = int(time.time())
-    claims: dict[str, Any] = {"iss": key, "sub": identity, "nbf": now, "exp": int(now + ttl_s), "video": video}
+    claims: dict[str, Any] = {
+        "iss": key,
+        "sub": identity,
+        "nbf": now,
+        "exp": int(now + ttl_s),
+        "video": video,
+    }
     claims.update({k: v for k, v in (("name", name), ("metadata", metadata), ("kind", kind)) if v})
     return jwt.encode(claims, secret, algorithm="HS256")
 

@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from support.signal_client import API_KEY, API_SECRET
-
 from bridge.sim.scenario import Scenario
 from bridge.sim.server import SimConfig, SimServer
+from support.signal_client import API_KEY, API_SECRET
 
 
 @asynccontextmanager

@@ -1,0 +1,41 @@
+# livekit-bus-bridge developer tasks. The first target (install) is the default.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint types bench check clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/livekit-bridge demo
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+types: install
+	$(BIN)/mypy
+
+# Benchmarks are kept out of `test` (pyproject's addopts ignores tests/benchmarks), so addopts is
+# overridden here. No benchmark yet (pytest exit code 5, or no folder) counts as success for bench only.
+bench: install
+	@if [ ! -d tests/benchmarks ]; then echo "bench: no tests/benchmarks folder yet"; exit 0; fi; \
+	$(BIN)/pytest tests/benchmarks -p no:cacheprovider -o addopts='--strict-markers -ra'; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "bench: no benchmarks collected yet"; exit 0; fi; exit $$rc
+
+check: lint types test
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

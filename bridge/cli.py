@@ -1,0 +1,98 @@
+"""The ``livekit-bridge`` command line (also ``python -m bridge``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge.errors import BridgeError
+
+
+def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("sim", help="run the LiveKit-protocol room simulator")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7880)
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--api-secret", required=True)
+    p.add_argument("--scenario", type=Path, help="YAML scenario to play once a room is ready")
+    p.add_argument("--room", action="append", default=[], help="room that exists at start (repeatable)")
+    p.add_argument("--no-auto-create", action="store_true", help="404 for rooms that do not exist")
+    p.add_argument("--no-v1", action="store_true", help="404 on /rtc/v1 so clients fall back to /rtc")
+    p.add_argument("--join-timeout-s", type=float, default=60.0)
+    p.add_argument("--refresh-interval-s", type=float, default=300.0)
+    p.add_argument("--load-rooms", type=int, default=0, help="load mode: this many busy rooms")
+    p.add_argument("--load-rate", type=float, default=100.0, help="load mode: events per second in all")
+
+
+async def _run_sim(args: argparse.Namespace) -> int:
+    from bridge.sim.load import LoadGenerator
+    from bridge.sim.scenario import Scenario
+    from bridge.sim.server import SimConfig, SimServer
+
+    config = SimConfig(
+        keys={args.api_key: args.api_secret},
+        host=args.host,
+        port=args.port,
+        auto_create_rooms=not args.no_auto_create,
+        v1_enabled=not args.no_v1,
+        join_timeout_s=args.join_timeout_s,
+        refresh_interval_s=args.refresh_interval_s,
+        rooms=tuple(args.room),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with SimServer(config) as server:
+        print(f"simulator listening on {server.url}", flush=True)
+        jobs: list[asyncio.Task[object]] = []
+        if args.scenario is not None:
+            jobs.append(asyncio.create_task(Scenario(server).run_file(args.scenario)))
+        if args.load_rooms:
+            load = LoadGenerator(server, rooms=args.load_rooms, rate_per_s=args.load_rate)
+            jobs.append(asyncio.create_task(load.run()))
+        await stop.wait()
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livekit-bridge", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="simulator + scripted room, printing what flows; no setup needed")
+    demo.add_argument("--scenario", type=Path, help="play this YAML scenario instead of the bundled one")
+    _sim_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "demo":
+            from bridge.sim.demo import run_demo
+
+            return asyncio.run(run_demo(sys.stdout, scenario_file=args.scenario))
+        if args.command == "sim":
+            with contextlib.suppress(KeyboardInterrupt):
+                return asyncio.run(_run_sim(args))
+            return 0
+    except BridgeError as exc:
+        print(f"livekit-bridge: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
