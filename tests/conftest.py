@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+
 from support.brokers import (
     ExternalKafka,
     KafkaBroker,

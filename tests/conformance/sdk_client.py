@@ -24,13 +24,17 @@ def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, "t": round(time.monotonic() - START, 3), **fields}), flush=True)
 
 
+def kind_name(track: rtc.Track) -> str:
+    return "audio" if track.kind == rtc.TrackKind.KIND_AUDIO else "video"
+
+
 async def count_frames(track: rtc.Track, participant: str) -> None:
     stream = rtc.AudioStream(track) if track.kind == rtc.TrackKind.KIND_AUDIO else rtc.VideoStream(track)
     frames = 0
     async for _ in stream:
         frames += 1
         if frames in (1, 25, 100):
-            emit("frames", kind=str(track.kind), participant=participant, count=frames)
+            emit("frames", kind=kind_name(track), participant=participant, count=frames)
 
 
 async def publish_tone(room: rtc.Room) -> None:
@@ -75,7 +79,7 @@ async def main() -> None:
 
     @room.on("track_subscribed")
     def _subscribed(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
-        emit("track_subscribed", sid=pub.sid, kind=str(track.kind), participant=p.identity)
+        emit("track_subscribed", sid=pub.sid, kind=kind_name(track), participant=p.identity)
         spawn(count_frames(track, p.identity))
 
     @room.on("data_received")
@@ -95,7 +99,7 @@ async def main() -> None:
     def _disconnected(reason: Any) -> None:
         emit(
             "disconnected",
-            reason=rtc.DisconnectReason.Name(reason) if isinstance(reason, int) else str(reason),
+            reason=rtc.DisconnectReason.Name(reason) if isinstance(reason, int) else str(reason),  # type: ignore[arg-type]
         )
 
     options = rtc.RoomOptions(

@@ -20,6 +20,7 @@ from aiokafka.codec import has_lz4, has_snappy, has_zstd
 from aiokafka.errors import KafkaError
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
 from support.brokers import ExternalKafka, KafkaBroker, NatsServer, unique_name
 from support.skipping import allowed_skip
 from support.waiting import eventually

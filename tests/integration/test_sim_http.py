@@ -9,10 +9,10 @@ import jwt
 import pytest
 import websockets
 from livekit.protocol import rtc
-from support.signal_client import API_KEY, API_SECRET, SignalClient, make_token, v1_join_request
-from support.simulator import running_sim
 
 from bridge.sim.server import SimServer
+from support.signal_client import API_KEY, API_SECRET, SignalClient, make_token, v1_join_request
+from support.simulator import running_sim
 
 
 @pytest.fixture

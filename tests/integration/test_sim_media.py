@@ -132,14 +132,18 @@ class Client:
                     self.pub_pc.addTransceiver("audio", direction="recvonly")
                 for _ in range(req.num_videos):
                     self.pub_pc.addTransceiver("video", direction="recvonly")
-                await self.offer()
+                await self.send_offer()  # the answer is applied when this loop reads it
 
-    async def offer(self) -> rtc.SessionDescription:
-        """Offer the publisher (or single) PC and wait for the server's answer to be applied."""
+    async def send_offer(self) -> rtc.SessionDescription:
         await self.pub_pc.setLocalDescription(await self.pub_pc.createOffer())
         self._offer_id += 1
         offer = rtc.SessionDescription(type="offer", sdp=self.pub_pc.localDescription.sdp, id=self._offer_id)
         await self.media.handle_offer(offer)
+        return offer
+
+    async def offer(self) -> rtc.SessionDescription:
+        """Offer the publisher (or single) PC and wait for the server's answer to be applied."""
+        offer = await self.send_offer()
         await until(lambda: self.pub_pc.signalingState == "stable", "the answer to the client offer")
         return offer
 
@@ -376,10 +380,12 @@ async def test_v1_answer_fills_free_slots_and_mid_to_track_id(clients: list[Clie
 async def test_v1_requests_missing_slots_and_publishes(clients: list[Client]) -> None:
     client = Client(MediaMode.SINGLE_PC, subscriber_primary=False)
     clients.append(client)
+    mic = ToneTrack()
+    client.pub_pc.addTransceiver(mic, direction="sendonly")  # not a slot for the server
+    # aiortc (client side) with MAX_BUNDLE: create data channels after the first transceiver,
+    # otherwise the bundle fix-up stops the transport the channel and the track share.
     up = client.pub_pc.createDataChannel("_reliable")
     client._listen(up)
-    mic = ToneTrack()
-    client.pub_pc.addTrack(mic)  # sendonly from the client: not a slot for the server
     await client.offer()
     await until(lambda: client.media.connected, "the single PC to connect")
     await until(lambda: client.media.received_frames.get(mic.id, 0) >= 10, "the client's audio")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support.signal_client import API_SECRET, SignalClient, make_token
-from support.simulator import running_sim
-from support.waiting import eventually
 
 from bridge.errors import BadRequest
 from bridge.sim.demo import run_demo
 from bridge.sim.load import LoadGenerator
+from support.signal_client import API_SECRET, SignalClient, make_token
+from support.simulator import running_sim
+from support.waiting import eventually
 
 
 async def test_yaml_scenario_file_plays_against_a_connected_client(tmp_path: Path) -> None:
@@ -30,7 +30,8 @@ async def test_yaml_scenario_file_plays_against_a_connected_client(tmp_path: Pat
         "  - {action: set_room_metadata, metadata: from-yaml}\n"
     )
     async with running_sim() as (server, scenario):
-        async with await SignalClient.open(server.url, make_token("watch", "yaml-room")) as client:
+        client = await SignalClient.open(server.url, make_token("watch", "yaml-room"))
+        async with client:
             await client.expect("join")
             await scenario.run_file(script)
             speakers = await client.expect("speakers_changed")

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from livekit.protocol import models, rtc
-from support.signal_client import SignalClient, make_token, participant_states, v1_join_request
-from support.simulator import running_sim
-from support.waiting import eventually
 
 from bridge.sim.scenario import Scenario
 from bridge.sim.server import SimServer
+from support.signal_client import SignalClient, make_token, participant_states, v1_join_request
+from support.simulator import running_sim
+from support.waiting import eventually
 
 Sim = tuple[SimServer, Scenario]
 
@@ -207,3 +207,21 @@ async def test_v1_join_request_is_honoured(sim: Sim) -> None:
         assert join.participant.metadata == "from-join-request"
         assert join.participant.attributes["role"] == "bot"
         assert not join.subscriber_primary  # single PC: the client offers
+
+
+@pytest.mark.parametrize(
+    ("action", "stays"),
+    [("resume", True), ("reconnect", False), ("disconnect", False)],
+)
+async def test_server_leave_with_each_action(sim: Sim, action: str, stays: bool) -> None:
+    server, scenario = sim
+    async with await SignalClient.open(server.url, make_token("alice", "r1")) as client:
+        await client.expect("join")
+        server.session("r1", "alice")._on_connected()
+        scenario.server_leave("r1", "alice", reason="server_shutdown", action=action)
+        leave = await client.expect("leave")
+        assert leave.reason == models.SERVER_SHUTDOWN
+        assert rtc.LeaveRequest.Action.Name(leave.action) == action.upper()
+        await asyncio.wait_for(client.closed.wait(), 5)
+        # RESUME keeps the participant for a resume; the others end it.
+        assert ("alice" in server.rooms["r1"].participants) is stays

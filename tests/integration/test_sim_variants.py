@@ -10,6 +10,7 @@ import asyncio
 
 from aiortc import RTCPeerConnection
 from livekit.protocol import models, rtc
+
 from support.signal_client import SignalClient, make_token
 from support.simulator import running_sim
 

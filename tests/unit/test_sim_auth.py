@@ -6,10 +6,10 @@ import time
 
 import jwt
 import pytest
-from support.signal_client import API_KEY, API_SECRET, make_token
 
 from bridge.errors import AuthError
 from bridge.sim.auth import bearer_token, mint_token, verify_token
+from support.signal_client import API_KEY, API_SECRET, make_token
 
 KEYS = {API_KEY: API_SECRET}
 
@@ -17,8 +17,11 @@ KEYS = {API_KEY: API_SECRET}
 def test_defaults_follow_livekit() -> None:
     grants = verify_token(make_token("alice", "r"), KEYS)
     assert (grants.identity, grants.room, grants.room_join) == ("alice", "r", True)
-    assert grants.can_publish and grants.can_subscribe and grants.can_publish_data
-    assert not grants.can_update_own_metadata and not grants.hidden
+    assert grants.can_publish
+    assert grants.can_subscribe
+    assert grants.can_publish_data
+    assert not grants.can_update_own_metadata
+    assert not grants.hidden
     # canPublishData follows canPublish when absent.
     assert not verify_token(make_token("a", "r", can_publish=False), KEYS).can_publish_data
 
@@ -41,7 +44,8 @@ def test_refreshed_token_keeps_grants_and_extends_life() -> None:
     grants = verify_token(make_token("alice", "r", hidden=True, ttl_s=30), KEYS)
     fresh = mint_token(grants.claims, API_KEY, API_SECRET, ttl_s=600, now=time.time())
     again = verify_token(fresh, KEYS)
-    assert again.hidden and again.identity == "alice"
+    assert again.hidden
+    assert again.identity == "alice"
     assert again.expires_at > grants.expires_at + 500
 
 
