@@ -37,6 +37,18 @@ or a plain aiortc track, which then belongs to that one subscriber.
 Every PC uses ``MAX_BUNDLE`` (aiortc's default BALANCED drops media of the 2nd+ m-line of a kind)
 and an empty ICE server list (aiortc otherwise adds a public STUN server). Negotiation on each PC
 is serialised by a lock; trickle candidates wait until that PC has a remote description.
+
+Two aiortc pitfalls shape the negotiation order:
+
+* A PC whose data channel exists before its first transceiver must negotiate the data m-line
+  first: if the first offer lists a transceiver ahead of it, aiortc's BUNDLE fix-up stops the
+  transport they share. The subscriber offer is therefore always data-only first, like LiveKit's.
+* aiortc starts a transceiver's sender/receiver only when DTLS is already connected at the time the
+  description is applied. Server-initiated renegotiations (v0 offers, v1 re-offer requests) wait
+  until the PC is connected; the pending one is sent from the ``connected`` state change.
+
+Checked against the real LiveKit Python SDK (1.2.1) in both modes: connect, subscribed synthetic
+audio and video, late subscriptions and unsubscriptions, published audio and video, data both ways.
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ import contextlib
 import enum
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,7 +250,8 @@ class _Peer:
     client_channels: dict[str, Any] = field(default_factory=dict)
     remote_media: dict[str, Any] = field(default_factory=dict)  # mid -> aiortc sdp.MediaDescription
     offer_id: int = 0
-    renegotiate: bool = False
+    renegotiate: bool = False  # subscriber: an offer is due once possible
+    reoffer_wanted: bool = False  # single PC: ask the client to re-offer once connected
 
 
 def _msid_track_id(media: Any) -> str | None:
@@ -290,6 +303,7 @@ class ParticipantMedia:
         self._sub_offer_id = 0
         self._connected_fired = False
         self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ stats
 
@@ -349,8 +363,11 @@ class ParticipantMedia:
                     )
                 )
             )
-            if self.mode is MediaMode.SINGLE_PC:
-                self._request_slots(peer)
+            if self.mode is MediaMode.SINGLE_PC and self._pending():
+                if peer.pc.connectionState == "connected":
+                    self._request_slots(peer)
+                else:
+                    peer.reoffer_wanted = True
 
     async def handle_answer(self, answer: rtc.SessionDescription) -> None:
         """The client's answer to our subscriber offer."""
@@ -377,9 +394,7 @@ class ParticipantMedia:
         if candidate is None:
             return
         role = (
-            "subscriber"
-            if self.mode is MediaMode.DUAL_PC and trickle.target == _SUBSCRIBER
-            else "publisher"
+            "subscriber" if self.mode is MediaMode.DUAL_PC and trickle.target == _SUBSCRIBER else "publisher"
         )
         peer = self._sub if role == "subscriber" else self._pub
         if peer is None:
@@ -395,7 +410,7 @@ class ParticipantMedia:
         """After a resume: a fresh subscriber offer (dual-PC); in single-PC, ask for a re-offer."""
         if self.mode is MediaMode.SINGLE_PC:
             if self._pub is not None:
-                self._emit(rtc.SignalResponse(media_sections_requirement=rtc.MediaSectionsRequirement()))
+                self._ask_reoffer(self._pub, force=True)
             return
         peer = self._sub
         if peer is None:
@@ -405,7 +420,7 @@ class ParticipantMedia:
                 # The client may have lost the outstanding offer with the old connection.
                 self._send_offer(peer)
             else:
-                await self._offer_locked(peer)
+                await self._offer_locked(peer, force=True)
 
     # ------------------------------------------------------------------ data
 
@@ -437,10 +452,15 @@ class ParticipantMedia:
                 return  # the client's first offer will find it pending
             async with peer.lock:
                 if peer.remote_media:
-                    self._request_slots(peer, always=True)
+                    self._ask_reoffer(peer)
             return
         peer = self._ensure_sub()
         async with peer.lock:
+            if self.subscriber_primary and peer.offer_id == 0:
+                # The data m-line must be negotiated first (as LiveKit does). If the first offer
+                # put a transceiver ahead of the pre-created SCTP transport, aiortc's BUNDLE
+                # fix-up would stop the transport both share and the PC would never connect.
+                await self._offer_locked(peer)
             transceiver = self._idle_transceiver(peer, sub.kind)
             if transceiver is None:
                 transceiver = peer.pc.addTransceiver(_SwitchTrack(sub.kind), direction="sendonly")
@@ -459,7 +479,8 @@ class ParticipantMedia:
             return
         if self.mode is MediaMode.SINGLE_PC:
             # Only a client offer can turn the m-line inactive; 0/0 asks for one.
-            self._emit(rtc.SignalResponse(media_sections_requirement=rtc.MediaSectionsRequirement()))
+            if self._pub is not None:
+                self._ask_reoffer(self._pub)
             return
         if self._sub is not None:
             async with self._sub.lock:
@@ -471,6 +492,11 @@ class ParticipantMedia:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for sub in list(self._subs.values()):
             if sub.transceiver is None:
                 sub.track.stop()
@@ -492,6 +518,16 @@ class ParticipantMedia:
 
     # ------------------------------------------------------------------ internals
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("media task failed", exc_info=task.exception())
+
     def _primary(self) -> _Peer | None:
         return self._sub if self.subscriber_primary else self._pub
 
@@ -511,9 +547,15 @@ class ParticipantMedia:
         def _on_state() -> None:
             state = pc.connectionState
             log.debug("%s pc %s", role, state)
-            if state == "connected" and peer is self._primary() and not self._connected_fired:
+            if state != "connected":
+                return
+            if peer is self._primary() and not self._connected_fired:
                 self._connected_fired = True
                 self._call(self._on_connected)
+            if peer.renegotiate and peer.role == "subscriber":
+                self._spawn(self._negotiate_subscriber())
+            elif peer.reoffer_wanted:
+                self._ask_reoffer(peer)
 
         @pc.on("datachannel")  # type: ignore[untyped-decorator]
         def _on_channel(channel: Any) -> None:
@@ -564,11 +606,16 @@ class ParticipantMedia:
         async with peer.lock:
             await self._offer_locked(peer)
 
-    async def _offer_locked(self, peer: _Peer) -> None:
+    async def _offer_locked(self, peer: _Peer, *, force: bool = False) -> None:
         if self._closed:
             return
         if peer.pc.signalingState != "stable":
             peer.renegotiate = True  # one offer at a time: re-offer once the answer is in
+            return
+        if peer.offer_id and not force and peer.pc.connectionState != "connected":
+            # aiortc starts a new transceiver's sender/receiver only if DTLS is already up when
+            # the description is applied, so renegotiating mid-handshake leaves it dead.
+            peer.renegotiate = True
             return
         peer.renegotiate = False
         offer = await peer.pc.createOffer()
@@ -719,3 +766,18 @@ class ParticipantMedia:
                     )
                 )
             )
+
+    def _ask_reoffer(self, peer: _Peer, *, force: bool = False) -> None:
+        """v1: get a client offer (for pending tracks or a removal), once the PC is connected.
+
+        The Rust and JS SDKs renegotiate on every ``media_sections_requirement``, so ``0/0`` is a
+        plain re-offer request. The deferral has the same reason as in :meth:`_offer_locked`.
+        """
+        if not force and peer.pc.connectionState != "connected":
+            peer.reoffer_wanted = True
+            return
+        peer.reoffer_wanted = False
+        if self._pending():
+            self._request_slots(peer, always=True)
+        else:
+            self._emit(rtc.SignalResponse(media_sections_requirement=rtc.MediaSectionsRequirement()))

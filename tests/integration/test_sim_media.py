@@ -33,11 +33,11 @@ from bridge.sim.tracks import PatternTrack, ToneTrack, TrackSource
 TIMEOUT = 15.0
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``predicate`` until it holds; fail the test with ``what`` after ``timeout`` seconds."""
+async def until(predicate: Callable[[], bool], what: str, limit: float = TIMEOUT) -> None:
+    """Poll ``predicate`` until it holds; fail the test with ``what`` after ``limit`` seconds."""
     try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
+        async with asyncio.timeout(limit):
+            while not predicate():  # noqa: ASYNC110  # the conditions live in aiortc objects
                 await asyncio.sleep(0.02)
     except TimeoutError:
         pytest.fail(f"timed out waiting for {what}")
@@ -77,7 +77,7 @@ class Client:
             on_connected=self._connected,
         )
 
-        @self.sub_pc.on("datachannel")  # type: ignore[untyped-decorator]
+        @self.sub_pc.on("datachannel")
         def _on_channel(channel: Any) -> None:
             self.server_channels[channel.label] = channel
             self._listen(channel)
@@ -99,7 +99,7 @@ class Client:
             self.received.append((channel.label, message if isinstance(message, bytes) else message.encode()))
 
     def _watch_tracks(self, pc: RTCPeerConnection) -> None:
-        @pc.on("track")  # type: ignore[untyped-decorator]
+        @pc.on("track")
         def _on_track(track: Any) -> None:
             mid = next(t.mid for t in pc.getTransceivers() if t.receiver.track is track)
             self._tasks.append(asyncio.get_running_loop().create_task(self._consume(track, str(mid))))
@@ -463,3 +463,17 @@ async def test_trickle_before_remote_description_is_queued(clients: list[Client]
     )
     client.gate.set()
     await until(lambda: client.media.connected, "connection despite the early candidate")
+
+
+async def test_v0_subscription_before_start_offers_data_first(clients: list[Client]) -> None:
+    """The subscriber offer must put the data m-line first, even when a track is already waiting."""
+    client = Client(MediaMode.DUAL_PC)
+    clients.append(client)
+    await client.media.add_subscribed_track("PA_pub", "TR_early", ToneTrack())
+    await client.media.start()  # the first offer is already out: no second data-only offer
+    await until(lambda: client.frames_by_id.get("TR_early", 0) >= 10, "the early track at the client")
+    assert client.connected_calls == 1
+    first, second = (r.offer for r in client.of_kind("offer"))
+    assert [m.kind for m in sections(first.sdp)] == ["application"]
+    assert [m.kind for m in sections(second.sdp)] == ["application", "audio"]
+    assert dict(second.mid_to_track_id) == {"1": "TR_early"}
