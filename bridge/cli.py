@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulator + scripted room, printing what flows; no setup needed")
     demo.add_argument("--scenario", type=Path, help="play this YAML scenario instead of the bundled one")
+    check = sub.add_parser("check-config", help="validate settings and print them, secrets redacted")
+    check.add_argument("--config", type=Path, required=True, help="YAML settings file")
     _sim_parser(sub)
     return parser
 
@@ -84,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bridge.sim.demo import run_demo
 
             return asyncio.run(run_demo(sys.stdout, scenario_file=args.scenario))
+        if args.command == "check-config":
+            from bridge.config import check_config_main
+
+            return check_config_main(args.config, os.environ, sys.stdout)
         if args.command == "sim":
             with contextlib.suppress(KeyboardInterrupt):
                 return asyncio.run(_run_sim(args))

@@ -124,6 +124,8 @@ class SimRoom:
         )
         self.participants: dict[str, SimParticipant] = {}
         self.data_received: list[tuple[str, models.DataPacket, str]] = []  # (sender, packet, label)
+        # Unpublished tracks' media sources go here; the server closes them on its event loop.
+        self.on_source_removed: Callable[[Any], None] = lambda source: None
         self.closed = False
 
     @property
@@ -299,7 +301,9 @@ class SimRoom:
             if p.connection is not None and p.identity in participant.subscribed_by.get(track_sid, ()):
                 p.connection.unsubscribe(track_sid)
         participant.info.tracks.remove(track)
-        participant.media_sources.pop(track_sid, None)
+        source = participant.media_sources.pop(track_sid, None)
+        if source is not None:
+            self.on_source_removed(source)
         participant.subscribed_by.pop(track_sid, None)
         if not participant.info.tracks:
             participant.info.is_publisher = False

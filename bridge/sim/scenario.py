@@ -158,7 +158,7 @@ class Scenario:
     ) -> str:
         """A simulated participant publishes a track (a tone or a test pattern): ``update`` for
         everyone, and an ``offer`` to clients that auto-subscribe. Returns the track sid."""
-        from bridge.sim.tracks import PatternTrack, ToneTrack  # aiortc media only when used
+        from bridge.sim.tracks import TrackSource  # aiortc media only when used
 
         p = self._participant(room, identity)
         is_audio = kind == "audio"
@@ -173,7 +173,7 @@ class Scenario:
             height=0 if is_audio else 240,
         )
         track.codecs.add(mime_type=track.mime_type, mid="")
-        media = (ToneTrack() if is_audio else PatternTrack()) if synthetic else None
+        media = (TrackSource.tone if is_audio else TrackSource.pattern)(track.sid) if synthetic else None
         self._room(room).add_track(p, track, media)
         return track.sid
 

@@ -83,6 +83,7 @@ class SimServer:
     _runner: web.AppRunner | None = None
     _site: web.TCPSite | None = None
     _sessions: set[ClientSession] = field(default_factory=set)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     port: int = 0
 
     # ----------------------------------------------------------------- life
@@ -119,6 +120,12 @@ class SimServer:
         for session in list(self._sessions):
             session.drop_socket()
             await session.aclose()
+        for room in self.rooms.values():
+            for participant in room:
+                for source in participant.media_sources.values():
+                    self._close_source(source)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -138,7 +145,14 @@ class SimServer:
         room = self.rooms.get(name)
         if room is None or room.closed:
             room = self.rooms[name] = SimRoom(name)
+            room.on_source_removed = self._close_source
         return room
+
+    def _close_source(self, source: Any) -> None:
+        if hasattr(source, "aclose"):
+            task = asyncio.create_task(source.aclose())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def session(self, room: str, identity: str) -> ClientSession:
         participant = self.rooms[room].participant(identity) if room in self.rooms else None
