@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulator + scripted room, printing what flows; no setup needed")
     demo.add_argument("--scenario", type=Path, help="play this YAML scenario instead of the bundled one")
+    run = sub.add_parser("run", help="the service: join the configured rooms and bridge them")
+    run.add_argument("--config", type=Path, required=True, help="YAML settings file")
     check = sub.add_parser("check-config", help="validate settings and print them, secrets redacted")
     check.add_argument("--config", type=Path, required=True, help="YAML settings file")
     _sim_parser(sub)
@@ -87,6 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bridge.sim.demo import run_demo
 
             return asyncio.run(run_demo(sys.stdout, scenario_file=args.scenario))
+        if args.command == "run":
+            from bridge.app import run_service
+            from bridge.config import load_settings
+
+            settings = load_settings(args.config, os.environ)
+            logging.getLogger().setLevel(
+                settings.logging.level if args.log_level == "WARNING" else args.log_level
+            )
+            return asyncio.run(run_service(settings))
         if args.command == "check-config":
             from bridge.config import check_config_main
 

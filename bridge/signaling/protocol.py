@@ -45,7 +45,7 @@ class SessionState(enum.Enum):
     JOINED = "joined"  # in the room
     RESUMING = "resuming"  # socket for a resume: waiting for ``reconnect`` (or ``leave``)
     BACKOFF = "backoff"  # waiting before the next attempt
-    LEAVING = "leaving"  # sent ``leave``, waiting for the socket to close
+    LEAVING = "leaving"  # sent ``leave``, waiting for the confirmation or the socket to close
     CLOSED = "closed"  # final
 
 
@@ -62,7 +62,7 @@ class Trigger(enum.Enum):
     RETRY = "retry"  # backoff elapsed: full join
     RETRY_RESUME = "retry_resume"  # backoff elapsed: resume
     LEAVE = "leave"  # we leave
-    SOCKET_CLOSED = "socket_closed"  # after our own leave
+    SOCKET_CLOSED = "socket_closed"  # our leave is done: confirmed, socket gone, or deadline passed
 
 
 S, T = SessionState, Trigger
@@ -246,9 +246,7 @@ class SignalProtocol:
     def socket_closed(self, now: float, *, reason: str = "socket closed") -> None:
         """The current socket closed, cleanly or not. Not for a socket closed on our CloseSocket."""
         if self.state is SessionState.LEAVING:
-            self._go(Trigger.SOCKET_CLOSED)
-            self._stop_timers()
-            self._events.append(Ended("client initiated"))
+            self._left()
         elif self.state is SessionState.JOINED:
             self._lost(reason, now)
         elif self.state in (SessionState.CONNECTING, SessionState.RESUMING):
@@ -273,7 +271,9 @@ class SignalProtocol:
             return
         if t.liveness_deadline is not None and now >= t.liveness_deadline:
             t.liveness_deadline = None
-            if self.state is SessionState.JOINED:
+            if self.state is SessionState.LEAVING:
+                self._left()
+            elif self.state is SessionState.JOINED:
                 self._lost("ping timeout", now)
             elif self.state in (SessionState.CONNECTING, SessionState.RESUMING):
                 self._actions.append(CloseSocket())
@@ -299,14 +299,19 @@ class SignalProtocol:
             return True
         return False
 
-    def leave(self, now: float) -> None:
-        """Leave the room with CLIENT_INITIATED (from any state)."""
+    def leave(self, now: float, *, deadline_s: float = 2.0) -> None:
+        """Leave the room with CLIENT_INITIATED (from any state).
+
+        When joined, the ``leave`` request goes out and the session stays LEAVING (still passing on
+        what arrives) until the server confirms, the socket closes, or ``deadline_s`` passes.
+        """
         joined = self.state is SessionState.JOINED
+        if self.state is SessionState.LEAVING:
+            return
         self._go(Trigger.LEAVE)
         if joined:
             self._queue(rtc.SignalRequest(leave=rtc.LeaveRequest(reason=models.CLIENT_INITIATED)))
-            self._actions.append(CloseSocket())
-            self._stop_timers()
+            self._timers = _Timers(liveness_deadline=now + deadline_s)
         elif self.state is SessionState.CLOSED:
             self._actions.append(CloseSocket())
             self._stop_timers()
@@ -404,9 +409,18 @@ class SignalProtocol:
         if self.state is SessionState.RESUMING:
             self._resumed(response.reconnect, now)
 
+    def _left(self) -> None:
+        self._go(Trigger.SOCKET_CLOSED)
+        self._stop_timers()
+        self._actions.append(CloseSocket())
+        self._events.append(Ended("CLIENT_INITIATED"))
+
     def _on_leave(self, response: rtc.SignalResponse, now: float) -> None:
         leave = response.leave
         reason = models.DisconnectReason.Name(leave.reason)
+        if self.state is SessionState.LEAVING:  # the server confirms our own leave
+            self._left()
+            return
         trigger = {
             rtc.LeaveRequest.RESUME: Trigger.LEAVE_RESUME,
             rtc.LeaveRequest.RECONNECT: Trigger.LEAVE_RECONNECT,

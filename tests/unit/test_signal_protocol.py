@@ -218,16 +218,30 @@ def test_room_moved_adopts_room_sid_and_token() -> None:
     assert (p.room_name, p.participant_sid, p.token) == ("r2", "PA_9", "t2")
 
 
-def test_client_leave_sends_client_initiated_then_ends_on_close() -> None:
+def test_client_leave_sends_client_initiated_then_ends_when_confirmed() -> None:
     p = joined()
     p.leave(1.0)
-    frames = p.data_to_send()
-    request = codec.decode_request(frames[0])
+    request = codec.decode_request(p.data_to_send()[0])
     assert request.leave.reason == models.CLIENT_INITIATED
     assert state_of(p) is SessionState.LEAVING
-    p.socket_closed(1.1)
+    p.receive_data(frame(speakers_changed=rtc.SpeakersChanged()), 1.05)  # still passed on
+    p.receive_data(leave_frame(models.CLIENT_INITIATED, rtc.LeaveRequest.DISCONNECT), 1.1)
     assert state_of(p) is SessionState.CLOSED
-    assert p.events_received()[-1] == Ended("client initiated")
+    assert p.actions() == [CloseSocket()]
+    assert p.events_received()[-1] == Ended("CLIENT_INITIATED")
+
+
+@pytest.mark.parametrize("how", ["socket_closed", "deadline"])
+def test_client_leave_ends_without_confirmation(how: str) -> None:
+    p = joined()
+    p.leave(1.0, deadline_s=2.0)
+    if how == "socket_closed":
+        p.socket_closed(1.5)
+    else:
+        assert p.next_deadline() == 3.0
+        p.handle_timeout(3.0)
+    assert state_of(p) is SessionState.CLOSED
+    assert p.events_received()[-1] == Ended("CLIENT_INITIATED")
 
 
 def test_every_message_is_passed_on_in_order() -> None:

@@ -1,0 +1,34 @@
+"""Access tokens for the bridge's own participant, minted with ``livekit-api``.
+
+The bridge joins hidden, scoped to one room, with a short lifetime: it can always mint a new token,
+and LiveKit's ``refresh_token`` keeps a live session's token fresh in between.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from livekit import api
+
+from bridge.config import LiveKitSettings
+
+
+def mint_join_token(settings: LiveKitSettings, room: str) -> str:
+    """A token that lets ``settings.identity`` join ``room`` as a hidden, data-capable subscriber."""
+    grants = api.VideoGrants(
+        room_join=True,
+        room=room,
+        hidden=True,
+        can_subscribe=True,
+        can_publish_data=True,
+        can_publish=settings.can_publish,
+        can_update_own_metadata=settings.can_update_own_metadata,
+    )
+    token = (
+        api.AccessToken(settings.api_key, settings.api_secret.reveal())
+        .with_identity(settings.identity)
+        .with_name(settings.identity)
+        .with_grants(grants)
+        .with_ttl(timedelta(seconds=settings.token_ttl_s))
+    )
+    return token.to_jwt()

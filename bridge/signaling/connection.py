@@ -1,0 +1,243 @@
+"""Asyncio glue around :class:`~bridge.signaling.protocol.SignalProtocol`: one WebSocket, one task.
+
+:meth:`SignalConnection.run` owns the socket. It feeds the protocol frames, closes and the clock,
+performs the protocol's actions (open/close a socket), writes its frames, and hands every event to
+``on_event`` in order. All decisions (resume or rejoin, back off, give up) live in the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+from urllib.parse import urlencode
+
+import websockets
+from livekit.protocol import rtc
+from websockets.asyncio.client import ClientConnection
+
+from bridge import __version__
+from bridge.errors import FrameError
+from bridge.signaling.protocol import (
+    CloseSocket,
+    Ended,
+    Event,
+    OpenSocket,
+    SessionState,
+    SignalProtocol,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION: Final = 16
+# Refusals that retrying cannot fix, and the setting that can.
+_PERMANENT: Final[dict[int, str]] = {
+    400: "livekit.identity and rooms.static (LiveKit rejected the join parameters)",
+    401: "livekit.api_key and livekit.api_secret",
+    403: "livekit.api_key and livekit.api_secret (the key lacks permission)",
+    404: "rooms.static (the room does not exist and LiveKit will not create it), or livekit.url",
+}
+
+EventHandler = Callable[[Event], Awaitable[None] | None]
+
+
+class SignalConnection:
+    """Runs one room's signaling session until it ends (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        room: str,
+        protocol: SignalProtocol,
+        on_event: EventHandler,
+        mint_token: Callable[[], str],
+        open_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.room = room
+        self.protocol = protocol
+        self._on_event = on_event
+        self._mint_token = mint_token
+        self._open_timeout_s = open_timeout_s
+        self._clock = clock
+        self._ws: ClientConnection | None = None
+        self._wake = asyncio.Event()
+        self._last_failure: str | None = None
+        self.frames_received = 0
+        self.bad_frames = 0
+
+    # ---------------------------------------------------------------- API
+
+    def send_request(self, request: rtc.SignalRequest) -> bool:
+        """Queue a SignalRequest (see ``SignalProtocol.send_request``) and wake the writer."""
+        accepted = self.protocol.send_request(request)
+        self._wake.set()
+        return accepted
+
+    def leave(self, deadline_s: float = 2.0) -> None:
+        """Leave with CLIENT_INITIATED; :meth:`run` returns once LiveKit confirms or the deadline passes."""
+        self.protocol.leave(self._clock(), deadline_s=deadline_s)
+        self._wake.set()
+
+    def drop(self) -> None:
+        """Abort the socket as if the network failed (tests, and a dead connection)."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    async def run(self) -> None:
+        p = self.protocol
+        if p.state is SessionState.IDLE:
+            p.start(self._clock())
+        try:
+            await self._flush()
+            while p.state is not SessionState.CLOSED:
+                await self._step()
+                await self._flush()
+        finally:
+            await self._close_socket()
+
+    # ---------------------------------------------------------- internals
+
+    async def _step(self) -> None:
+        p = self.protocol
+        deadline = p.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - self._clock())
+        self._wake.clear()
+        waiters: set[asyncio.Task[object]] = {asyncio.create_task(self._wake.wait())}
+        recv: asyncio.Task[object] | None = None
+        if self._ws is not None:
+            recv = asyncio.create_task(self._ws.recv())
+            waiters.add(recv)
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waiters:
+                if not task.done():
+                    task.cancel()
+            for task in waiters:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        now = self._clock()
+        if recv is not None and recv in done:
+            try:
+                frame = recv.result()
+            except websockets.ConnectionClosed as exc:
+                self._ws = None
+                p.socket_closed(
+                    now, reason=f"socket closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+                )
+            else:
+                assert isinstance(frame, str | bytes)
+                self._receive(frame, now)
+        deadline = p.next_deadline()
+        if deadline is not None and self._clock() >= deadline:
+            p.handle_timeout(self._clock())
+
+    def _receive(self, frame: str | bytes, now: float) -> None:
+        self.frames_received += 1
+        try:
+            self.protocol.receive_data(frame, now)
+        except FrameError as exc:
+            self.bad_frames += 1
+            log.warning("dropped a bad frame from LiveKit room=%s: %s", self.room, exc)
+
+    async def _flush(self) -> None:
+        """Do what the protocol asked, in order, until it asks for nothing more."""
+        p = self.protocol
+        while True:
+            actions = p.actions()
+            frames = p.data_to_send()
+            events = p.events_received()
+            if not (actions or frames or events):
+                return
+            for frame in frames:
+                if self._ws is None:
+                    break
+                try:
+                    await self._ws.send(frame)
+                except websockets.ConnectionClosed:
+                    self._ws = None
+                    p.socket_closed(self._clock(), reason="socket closed while sending")
+                    break
+            for event in events:
+                result = self._on_event(event)
+                if inspect.isawaitable(result):
+                    await result
+                if isinstance(event, Ended):
+                    self._report_end(event)
+            for action in actions:
+                if isinstance(action, CloseSocket):
+                    await self._close_socket()
+                elif isinstance(action, OpenSocket):
+                    await self._open(action)
+
+    async def _open(self, action: OpenSocket) -> None:
+        await self._close_socket()
+        token = action.token if action.resume else self._mint_token()
+        if not action.resume:
+            self.protocol.token = token
+        query = {
+            "sdk": "python",
+            "version": __version__,
+            "protocol": str(PROTOCOL_VERSION),
+            "auto_subscribe": "0",
+            "adaptive_stream": "0",
+        }
+        if action.resume:
+            query.update(
+                reconnect="1", sid=action.participant_sid, reconnect_reason=str(action.reconnect_reason)
+            )
+        # The token goes in a header, never the URL: URLs end up in proxy and server logs.
+        headers = {"Authorization": f"Bearer {token}"}
+        target = f"{self.url}/rtc"
+        try:
+            self._ws = await websockets.connect(
+                f"{target}?{urlencode(query)}",
+                additional_headers=headers,
+                open_timeout=self._open_timeout_s,
+                max_size=self.protocol.max_frame_bytes,
+                ping_interval=None,  # liveness is the protocol's ping_req/any-message rule
+                close_timeout=2,
+                proxy=None,
+            )
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            body = (exc.response.body or b"").decode(errors="replace").strip()[:200]
+            setting = _PERMANENT.get(status)
+            if setting is not None:
+                reason = f"LiveKit refused room {self.room!r} at {target}: {status} {body}; check {setting}"
+            else:
+                reason = f"LiveKit answered {status} {body} at {target}"
+            self.protocol.connect_failed(self._clock(), reason=reason, permanent=setting is not None)
+            self._note_failure(reason)
+        except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            reason = f"LiveKit unreachable at {target}: {exc}; check livekit.url"
+            self.protocol.connect_failed(
+                self._clock(), reason=reason, permanent=isinstance(exc, websockets.InvalidURI)
+            )
+            self._note_failure(reason)
+        else:
+            self._last_failure = None
+            self.protocol.socket_opened(self._clock())
+
+    def _note_failure(self, reason: str) -> None:
+        # Say it once per distinct problem, not once per retry.
+        if reason != self._last_failure:
+            log.warning("room=%s: %s (retrying with backoff)", self.room, reason)
+            self._last_failure = reason
+
+    def _report_end(self, event: Ended) -> None:
+        if not event.retriable and self._last_failure is not None and event.reason == self._last_failure:
+            log.error("room=%s: giving up: %s", self.room, event.reason)
+
+    async def _close_socket(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
