@@ -57,7 +57,7 @@ class SignalConnection:
         on_event: EventHandler,
         mint_token: Callable[[], str],
         open_timeout_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,  # the event loop's clock on Linux
     ) -> None:
         self.url = url.rstrip("/")
         self.room = room
@@ -68,6 +68,9 @@ class SignalConnection:
         self._clock = clock
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._armed: float | None = None  # the deadline the timer loop sleeps towards
         self._last_failure: str | None = None
         self.frames_received = 0
         self.bad_frames = 0
@@ -92,63 +95,63 @@ class SignalConnection:
 
     async def run(self) -> None:
         p = self.protocol
+        loop = asyncio.get_running_loop()
         if p.state is SessionState.IDLE:
             p.start(self._clock())
         try:
             await self._flush()
             while p.state is not SessionState.CLOSED:
-                await self._step()
+                # Sleep until the protocol's next deadline or a wake-up, without a task per wait.
+                self._wake.clear()
+                deadline = self._armed = p.next_deadline()
+                timer = None
+                if deadline is not None:
+                    timer = loop.call_later(max(0.0, deadline - self._clock()), self._wake.set)
+                await self._wake.wait()
+                if timer is not None:
+                    timer.cancel()
+                deadline = p.next_deadline()
+                if deadline is not None and self._clock() >= deadline:
+                    p.handle_timeout(self._clock())
                 await self._flush()
         finally:
             await self._close_socket()
 
     # ---------------------------------------------------------- internals
 
-    async def _step(self) -> None:
+    async def _read(self, ws: ClientConnection) -> None:
+        """The one reader of ``ws``: every frame straight into the protocol, in order."""
         p = self.protocol
-        deadline = p.next_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - self._clock())
-        self._wake.clear()
-        waiters: set[asyncio.Task[object]] = {asyncio.create_task(self._wake.wait())}
-        recv: asyncio.Task[object] | None = None
-        if self._ws is not None:
-            recv = asyncio.create_task(self._ws.recv())
-            waiters.add(recv)
+        reason = "socket closed"
         try:
-            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waiters:
-                if not task.done():
-                    task.cancel()
-            for task in waiters:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        now = self._clock()
-        if recv is not None and recv in done:
-            try:
-                frame = recv.result()
-            except websockets.ConnectionClosed as exc:
-                self._ws = None
-                p.socket_closed(
-                    now, reason=f"socket closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
-                )
-            else:
-                assert isinstance(frame, str | bytes)
-                self._receive(frame, now)
-        deadline = p.next_deadline()
-        if deadline is not None and self._clock() >= deadline:
-            p.handle_timeout(self._clock())
-
-    def _receive(self, frame: str | bytes, now: float) -> None:
-        self.frames_received += 1
-        try:
-            self.protocol.receive_data(frame, now)
-        except FrameError as exc:
-            self.bad_frames += 1
-            log.warning("dropped a bad frame from LiveKit room=%s: %s", self.room, exc)
+            async for frame in ws:
+                self.frames_received += 1
+                try:
+                    p.receive_data(frame, self._clock())
+                except FrameError as exc:
+                    self.bad_frames += 1
+                    log.warning("dropped a bad frame from LiveKit room=%s: %s", self.room, exc)
+                    continue
+                await self._flush()
+                # Wake the timer loop when this frame ended the session or moved a deadline earlier.
+                deadline = p.next_deadline()
+                if p.state is SessionState.CLOSED or (
+                    deadline is not None and (self._armed is None or deadline < self._armed)
+                ):
+                    self._wake.set()
+        except websockets.ConnectionClosed as exc:
+            reason = f"socket closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+        if self._ws is ws:  # not a socket we closed ourselves
+            self._ws = None
+            p.socket_closed(self._clock(), reason=reason)
+            self._wake.set()
 
     async def _flush(self) -> None:
         """Do what the protocol asked, in order, until it asks for nothing more."""
+        async with self._flushing:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         p = self.protocol
         while True:
             actions = p.actions()
@@ -156,15 +159,14 @@ class SignalConnection:
             events = p.events_received()
             if not (actions or frames or events):
                 return
+            ws = self._ws
             for frame in frames:
-                if self._ws is None:
+                if ws is None:
                     break
                 try:
-                    await self._ws.send(frame)
+                    await ws.send(frame)
                 except websockets.ConnectionClosed:
-                    self._ws = None
-                    p.socket_closed(self._clock(), reason="socket closed while sending")
-                    break
+                    break  # the reader reports the close
             for event in events:
                 result = self._on_event(event)
                 if inspect.isawaitable(result):
@@ -225,6 +227,7 @@ class SignalConnection:
         else:
             self._last_failure = None
             self.protocol.socket_opened(self._clock())
+            self._reader = asyncio.create_task(self._read(self._ws), name=f"signal-reader:{self.room}")
 
     def _note_failure(self, reason: str) -> None:
         # Say it once per distinct problem, not once per retry.
@@ -238,6 +241,11 @@ class SignalConnection:
 
     async def _close_socket(self) -> None:
         ws, self._ws = self._ws, None
+        reader, self._reader = self._reader, None
         if ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2.0)
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader

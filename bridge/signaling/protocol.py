@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -281,7 +282,7 @@ class SignalProtocol:
             return
         if t.next_ping is not None and now >= t.next_ping and self.state is SessionState.JOINED:
             self._queue(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=int(now * 1000), rtt=self.rtt_ms)))
-            t.next_ping = now + self._ping_interval()
+            t.next_ping = self._next_ping(now)
 
     def send_request(self, request: rtc.SignalRequest) -> bool:
         """Send now, or hold it until a resume completes; False when it cannot be sent at all."""
@@ -342,15 +343,16 @@ class SignalProtocol:
         else:
             self._actions.append(OpenSocket(self.token, False))
 
-    def _ping_interval(self) -> float:
-        return self.ping_interval_s or self._server_ping_interval_s
+    def _next_ping(self, now: float) -> float:
+        # On a whole-second grid: a thousand rooms then wake the loop together, not a thousand times.
+        return float(math.ceil(now + (self.ping_interval_s or self._server_ping_interval_s)))
 
     def _stop_timers(self) -> None:
         self._timers = _Timers()
 
     def _alive(self, now: float) -> None:
         self.attempts = 0
-        self._timers.next_ping = now + self._ping_interval()
+        self._timers.next_ping = self._next_ping(now)
         self._timers.liveness_deadline = now + self.ping_timeout_s
         self._timers.retry_at = None
 
