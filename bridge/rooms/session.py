@@ -68,7 +68,7 @@ class RoomSession:
             room=room,
             protocol=self.protocol,
             on_event=self._handle,
-            mint_token=lambda: mint_join_token(settings, room),
+            mint_token=lambda: mint_join_token(settings, self.room),
         )
         self.media = MediaPeer(send=self._send_media, room=room)
         self.ended: Ended | None = None
@@ -125,6 +125,16 @@ class RoomSession:
                 self._spawn(self.media.handle_offer(event.response.offer))
             elif kind == "trickle":
                 self._spawn(self.media.handle_trickle(event.response.trickle))
+            elif kind == "room_moved":
+                moved_from, self.room = self.room, self.protocol.room_name
+                self.connection.room = self.room
+                log.info(
+                    "room session moved room=%s from=%s session=%s sid=%s",
+                    self.room,
+                    moved_from,
+                    self.session_id,
+                    self.participant_sid,
+                )
         elif isinstance(event, Joined):
             await self._joined(event)
         elif isinstance(event, Resumed):

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import jwt
 import pytest
 from livekit.protocol import models
 
@@ -154,6 +155,33 @@ async def test_duplicate_identity_stops_the_room_and_never_rejoins(sim: Sim) -> 
         assert ended is not None
         assert ended.ownership_lost
         assert server.stats["joins"] == joins + 1  # the usurper's join, and none of ours
+
+
+async def test_room_moved_adopts_the_new_room_sid_and_token(sim: Sim) -> None:
+    server, scenario = sim
+    session, task = await start(server)
+    scenario.move("r1", IDENTITY, to_room="r2")
+    await eventually(lambda: session.room == "r2", within=5, what="the session to follow the move")
+    moved = server.rooms["r2"].participant(IDENTITY)
+    assert session.participant_sid == moved.sid
+    claims = jwt.decode(session.protocol.token, options={"verify_signature": False})
+    assert claims["video"]["room"] == "r2"
+    # A resume after the move goes to the new room with the token LiveKit gave for it.
+    scenario.drop_socket("r2", IDENTITY)
+    await eventually(lambda: session.resumes == 1, within=10, what="a resume in the new room")
+    assert server.rooms["r2"].participant(IDENTITY).sid == moved.sid
+    assert server.session("r2", IDENTITY).token == session.protocol.token
+    await stop(session, task)
+
+
+async def test_missing_room_is_a_clear_permanent_error() -> None:
+    async with running_sim(auto_create_rooms=False) as (server, _):
+        session = RoomSession(settings=bridge_settings(server, "nope").livekit, room="nope")
+        ended = await asyncio.wait_for(session.run(), 10)
+        assert ended is not None
+        assert "404" in ended.reason
+        assert "rooms.static" in ended.reason
+        assert server.stats["rejected_404"] == 1
 
 
 async def test_bad_credentials_are_reported_once_and_not_retried(
