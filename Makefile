@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint types bench check clean
+.PHONY: install demo test lint types bench check clean proto proto-check
 
 install: $(STAMP)
 
@@ -23,6 +23,15 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory proto-check
+
+# bridge/_proto is generated from protos/ by the pinned grpcio-tools (dev extra); never edit it by hand.
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+# Regenerates into a temp dir and fails, with a diff summary, if bridge/_proto differs from it.
+proto-check: install
+	$(BIN)/python scripts/gen_proto.py --check
 
 types: install
 	$(BIN)/mypy

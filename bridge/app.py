@@ -16,6 +16,7 @@ import logging
 import signal
 
 from bridge.config import Settings
+from bridge.media.tuning import apply_scaling_knobs
 from bridge.rooms.supervisor import RoomSupervisor
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     """Run until ``stop`` is set (SIGTERM/SIGINT when not given) or every room has ended."""
+    apply_scaling_knobs()  # before the first PC/TLS socket exists; idempotent
     stop = stop or _signal_event()
     supervisor = RoomSupervisor(settings.livekit)
     for room in settings.rooms.static:

@@ -32,6 +32,7 @@ def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
+    from bridge.media.tuning import apply_scaling_knobs
     from bridge.sim.load import LoadGenerator
     from bridge.sim.scenario import Scenario
     from bridge.sim.server import SimConfig, SimServer
@@ -46,6 +47,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
         refresh_interval_s=args.refresh_interval_s,
         rooms=tuple(args.room),
     )
+    apply_scaling_knobs()  # the simulator hosts one PC per bridge room as well
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,15 +9,22 @@ the order LiveKit sent the messages (the event pipeline subscribes there).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
+import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
-from livekit.protocol import rtc
+from google.protobuf.message import DecodeError, Message
+from livekit.protocol import models, rtc
 
-from bridge.config import LiveKitSettings
+from bridge._proto import events_pb2
+from bridge.config import EventsSettings, LiveKitSettings
+from bridge.events.cloudevent import CloudEvent, EventSink, SessionContext, source_uri
+from bridge.events.mapping import EventMapper, TypeFilter
 from bridge.media.peer import MediaPeer
+from bridge.rooms.state import RoomState
 from bridge.signaling.auth import mint_join_token
 from bridge.signaling.connection import SignalConnection
 from bridge.signaling.protocol import (
@@ -32,6 +39,10 @@ from bridge.signaling.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S: Final = 5.0
+SIDE_QUEUE: Final = 4096  # data packets and gap reports waiting to be emitted, per room
+Cause = events_pb2.RoomSnapshot.Cause
 
 SessionEventHandler = Callable[["RoomSession", Event], None]
 
@@ -50,11 +61,24 @@ class RoomSession:
         settings: LiveKitSettings,
         room: str,
         on_event: SessionEventHandler | None = None,
+        sink: EventSink | None = None,
+        events: EventsSettings | None = None,
     ) -> None:
         self.room = room
         self.session_id = new_session_id()
         self.settings = settings
         self._on_event = on_event
+        self._sink = sink
+        self.mapper = EventMapper(
+            SessionContext(source=source_uri(settings.url, room), room=room, session=self.session_id),
+            data_format=events.data_format if events else "protobuf",
+            allow=TypeFilter(events.include, events.exclude) if events else None,
+        )
+        self.room_state = RoomState()
+        self._snapshot_after_resume = False
+        self._side: collections.deque[tuple[bytes, str] | tuple[str, list[CloudEvent]]] = collections.deque()
+        self._side_ready = asyncio.Event()
+        self.side_dropped = 0
         self.protocol = SignalProtocol(
             token="",
             backoff_initial_s=settings.reconnect_backoff_initial_s,
@@ -70,7 +94,7 @@ class RoomSession:
             on_event=self._handle,
             mint_token=lambda: mint_join_token(settings, self.room),
         )
-        self.media = MediaPeer(send=self._send_media, room=room)
+        self.media = MediaPeer(send=self._send_media, room=room, on_data=self._on_data)
         self.ended: Ended | None = None
         self.resumes = 0
         self.rejoins = 0
@@ -86,14 +110,22 @@ class RoomSession:
 
     async def run(self) -> Ended | None:
         """Run until the session ends; returns how it ended."""
+        if self._sink is not None:
+            self._spawn(self._emit_side())
         try:
             await self.connection.run()
         finally:
             for task in list(self._tasks):
                 task.cancel()
             if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.media.aclose()
+                await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_S)
+            try:
+                # aiortc's close can wait forever on transports whose tasks were cancelled under it.
+                await asyncio.wait_for(self.media.aclose(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "room=%s: WebRTC did not close within %.0fs; abandoned", self.room, CLOSE_TIMEOUT_S
+                )
         return self.ended
 
     def leave(self) -> None:
@@ -119,43 +151,139 @@ class RoomSession:
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, Received):
-            kind = event.response.WhichOneof("message")
-            # Negotiation runs beside the reader so a slow answer never stalls the room's events.
-            if kind == "offer":
-                self._spawn(self.media.handle_offer(event.response.offer))
-            elif kind == "trickle":
-                self._spawn(self.media.handle_trickle(event.response.trickle))
-            elif kind == "room_moved":
-                moved_from, self.room = self.room, self.protocol.room_name
-                self.connection.room = self.room
-                log.info(
-                    "room session moved room=%s from=%s session=%s sid=%s",
-                    self.room,
-                    moved_from,
-                    self.session_id,
-                    self.participant_sid,
-                )
+            await self._received(event)
         elif isinstance(event, Joined):
             await self._joined(event)
         elif isinstance(event, Resumed):
-            self._resumed(event)
+            await self._resumed(event)
         elif isinstance(event, ConnectionLost):
             log.info(
                 "signal lost, recovering room=%s session=%s: %s", self.room, self.session_id, event.reason
             )
         elif isinstance(event, Ended):
-            self.ended = event
-            level = logging.WARNING if event.ownership_lost else logging.INFO
-            log.log(
-                level,
-                "room session ended room=%s session=%s reason=%s%s",
-                self.room,
-                self.session_id,
-                event.reason,
-                " (another session owns this identity now)" if event.ownership_lost else "",
-            )
+            await self._ended(event)
         if self._on_event is not None:
             self._on_event(self, event)
+
+    async def _received(self, event: Received) -> None:
+        response = event.response
+        kind = response.WhichOneof("message")
+        # Negotiation runs beside the reader so a slow answer never stalls the room's events.
+        if kind == "offer":
+            self._spawn(self.media.handle_offer(response.offer))
+        elif kind == "trickle":
+            self._spawn(self.media.handle_trickle(response.trickle))
+        frame = event.frame if isinstance(event.frame, bytes) else None
+        await self._emit(self.mapper.signal(response, frame, wall=time.time()))
+        changed = self.room_state.apply(response)
+        if kind == "room_moved":
+            moved_from, self.room = self.room, self.protocol.room_name
+            self.connection.room = self.room
+            self.mapper.ctx = self.mapper.ctx.with_room(room=self.room, room_sid=response.room_moved.room.sid)
+            log.info(
+                "room session moved room=%s from=%s session=%s sid=%s",
+                self.room,
+                moved_from,
+                self.session_id,
+                self.participant_sid,
+            )
+            await self._snapshot(Cause.CAUSE_MOVE)
+        elif kind == "room_update" and changed:
+            if response.room_update.room.sid and not self.mapper.ctx.room_sid:
+                self.mapper.ctx = self.mapper.ctx.with_room(room_sid=response.room_update.room.sid)
+            if self._snapshot_after_resume:
+                # LiveKit sends reconnect, the full participant list, then room_update: the view is whole.
+                self._snapshot_after_resume = False
+                await self._snapshot(Cause.CAUSE_RESUME)
+
+    async def _emit(self, event: CloudEvent | None) -> None:
+        if event is not None and self._sink is not None:
+            await self._sink.emit(event)
+
+    async def _bridge_event(self, name: str, message: Message, subject: str | None = None) -> None:
+        await self._emit(self.mapper.bridge(name, message, wall=time.time(), subject=subject))
+
+    async def _snapshot(self, cause: Any) -> None:
+        snapshot = events_pb2.RoomSnapshot(
+            cause=cause,
+            room=self.room_state.room,
+            participants=list(self.room_state.participants.values()),
+            bridge_participant_sid=self.participant_sid,
+        )
+        await self._bridge_event("room_snapshot", snapshot)
+
+    async def _ended(self, event: Ended) -> None:
+        self.ended = event
+        level = logging.WARNING if event.ownership_lost else logging.INFO
+        log.log(
+            level,
+            "room session ended room=%s session=%s reason=%s%s",
+            self.room,
+            self.session_id,
+            event.reason,
+            " (another session owns this identity now)" if event.ownership_lost else "",
+        )
+        reason = event.reason if event.reason in models.DisconnectReason.keys() else "UNKNOWN_REASON"  # noqa: SIM118
+        await self._bridge_event(
+            "session_ended",
+            events_pb2.SessionEnded(
+                room=self.room,
+                reason=event.reason,
+                ownership_lost=event.ownership_lost,
+                disconnect_reason=reason,
+            ),
+        )
+
+    # Data packets (from aiortc callbacks) and gap reports (from the outboxes) arrive outside the
+    # reader; one owned task emits them in arrival order, from a bounded queue.
+
+    def _on_data(self, payload: bytes, label: str) -> None:
+        self._side_put((payload, label))
+
+    def report_gap(self, bus: str, dropped: list[CloudEvent]) -> None:
+        """An outbox dropped these events of this session: say so with a ``gap`` event."""
+        self._side_put((bus, dropped))
+
+    def _side_put(self, item: tuple[bytes, str] | tuple[str, list[CloudEvent]]) -> None:
+        if len(self._side) >= SIDE_QUEUE:
+            self.side_dropped += 1
+            return
+        self._side.append(item)
+        self._side_ready.set()
+
+    async def _emit_side(self) -> None:
+        while True:
+            await self._side_ready.wait()
+            self._side_ready.clear()
+            while self._side:
+                first, second = self._side.popleft()
+                if isinstance(first, bytes):
+                    await self._emit_data(first, str(second))
+                else:
+                    assert isinstance(second, list)
+                    await self._emit_gap(first, second)
+
+    async def _emit_data(self, payload: bytes, label: str) -> None:
+        if label not in ("_reliable", "_lossy"):
+            return  # data-track frames and unlabeled bytes are not DataPackets
+        packet = models.DataPacket()
+        try:
+            packet.ParseFromString(payload)
+        except DecodeError:
+            log.warning("undecodable DataPacket on %s room=%s", label, self.room)
+            return
+        await self._emit(self.mapper.data(packet, wall=time.time()))
+
+    async def _emit_gap(self, bus: str, dropped: list[CloudEvent]) -> None:
+        sequences = [e.sequence for e in dropped]
+        gap = events_pb2.Gap(
+            bus=bus,
+            dropped=len(dropped),
+            first_sequence=min(sequences, default=0),
+            last_sequence=max(sequences, default=0),
+            reason="outbox full (drop_oldest)",
+        )
+        await self._bridge_event("gap", gap)
 
     async def _joined(self, event: Joined) -> None:
         join = event.join
@@ -163,6 +291,7 @@ class RoomSession:
             self.rejoins += 1
             await self.media.reset()
         self.media.set_ice_servers(join.ice_servers)
+        self.mapper.ctx = self.mapper.ctx.with_room(room_sid=join.room.sid)
         log.info(
             "room session %s room=%s session=%s sid=%s server=%s",
             "rejoined" if event.rejoin else "started",
@@ -171,8 +300,23 @@ class RoomSession:
             join.participant.sid,
             join.server_info.version or join.server_version,
         )
+        await self._bridge_event(
+            "session_started",
+            events_pb2.SessionStarted(
+                room=self.room,
+                room_sid=join.room.sid,
+                participant_sid=join.participant.sid,
+                identity=join.participant.identity,
+                server_version=join.server_info.version or join.server_version,
+                server_region=join.server_info.region or join.server_region,
+                server_protocol=join.server_info.protocol,
+                rejoin=event.rejoin,
+            ),
+            subject=join.participant.identity,
+        )
+        await self._snapshot(Cause.CAUSE_REJOIN if event.rejoin else Cause.CAUSE_JOIN)
 
-    def _resumed(self, event: Resumed) -> None:
+    async def _resumed(self, event: Resumed) -> None:
         self.resumes += 1
         if event.reconnect is not None and event.reconnect.ice_servers:
             self.media.set_ice_servers(event.reconnect.ice_servers)
@@ -186,4 +330,11 @@ class RoomSession:
         self.connection.send_request(rtc.SignalRequest(sync_state=sync))
         log.info(
             "room session resumed room=%s session=%s sid=%s", self.room, self.session_id, self.participant_sid
+        )
+        self._snapshot_after_resume = True
+        await self._bridge_event(
+            "session_resumed",
+            events_pb2.SessionResumed(
+                room=self.room, participant_sid=self.participant_sid, resumes=self.resumes
+            ),
         )

@@ -11,7 +11,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from bridge.config import LiveKitSettings
+from bridge.config import EventsSettings, LiveKitSettings
+from bridge.events.cloudevent import CloudEvent, EventSink
 from bridge.rooms.session import RoomSession, SessionEventHandler
 from bridge.signaling.protocol import Ended
 
@@ -23,9 +24,18 @@ SessionFactory = Callable[[str], RoomSession]
 class RoomSupervisor:
     """Owns the room tasks. ``join``/``leave`` change the set while it runs."""
 
-    def __init__(self, settings: LiveKitSettings, *, on_event: SessionEventHandler | None = None) -> None:
+    def __init__(
+        self,
+        settings: LiveKitSettings,
+        *,
+        on_event: SessionEventHandler | None = None,
+        sink: EventSink | None = None,
+        events: EventsSettings | None = None,
+    ) -> None:
         self._settings = settings
         self._on_event = on_event
+        self._sink = sink
+        self._events = events
         self.sessions: dict[str, RoomSession] = {}
         self.outcomes: dict[str, Ended | None] = {}
         self.crashes = 0
@@ -36,10 +46,21 @@ class RoomSupervisor:
         running = self._tasks.get(room)
         if running is not None and not running.done():
             return self.sessions[room]
-        session = RoomSession(settings=self._settings, room=room, on_event=self._on_event)
+        session = RoomSession(
+            settings=self._settings, room=room, on_event=self._on_event, sink=self._sink, events=self._events
+        )
         self.sessions[room] = session
         self._tasks[room] = asyncio.create_task(self._supervise(session), name=f"room:{room}")
         return session
+
+    def report_dropped(self, bus: str, dropped: list[CloudEvent]) -> None:
+        """Route an outbox's dropped events to their sessions, which publish ``gap`` events."""
+        by_session: dict[str, list[CloudEvent]] = {}
+        for event in dropped:
+            by_session.setdefault(event.ctx.session, []).append(event)
+        for session in self.sessions.values():
+            if session.session_id in by_session:
+                session.report_gap(bus, by_session[session.session_id])
 
     def leave(self, room: str) -> None:
         session = self.sessions.get(room)

@@ -139,7 +139,7 @@ class Received:
     """A ``SignalResponse`` from the server, in the order it arrived (every one, for the bus)."""
 
     response: rtc.SignalResponse
-    frame_bytes: int
+    frame: codec.Frame  # as the server sent it: the event pipeline keeps these bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +237,7 @@ class SignalProtocol:
             raise FrameError("frame carries no SignalResponse message")
         # Any message proves the signal alive: reset the liveness deadline (never on sending).
         self._timers.liveness_deadline = now + self.ping_timeout_s
-        self._events.append(Received(response, len(frame)))
+        self._events.append(Received(response, frame))
         if self.state is SessionState.RESUMING and kind not in ("reconnect", "leave"):
             self._resumed(None, now)  # LiveKit's SDKs accept any first message as "resumed"
         handler = _DISPATCH.get(kind)

@@ -1,0 +1,238 @@
+"""The NATS publisher: core NATS (structured or binary CloudEvents) or JetStream with deduplication.
+
+- **Core** (default): each event is published on ``<prefix>.events.<room token>.<type token>``, then one
+  ``flush()`` per batch (a PING/PONG round trip) confirms that the server has read all of it. Structured
+  mode (JSON event format, ``Content-Type: application/cloudevents+json``) is the default; binary ``ce-``
+  headers with ``settings.binary_mode``.
+- **JetStream** (``settings.jetstream``): asynchronous publishes with ``Nats-Msg-Id`` = the event id, so a
+  batch re-sent after a timeout is deduplicated by the stream, and the batch's PubAcks are awaited. A
+  stream covering ``<prefix>.events.>`` is used if one exists, else created (:data:`STREAM_NAME`).
+
+Bounded and prompt during an outage: publishing is refused with BusUnavailable while the client is
+disconnected (so nats-py's own reconnect buffer is not filled with events the outbox will send again), that
+buffer is capped at ``pending_size_bytes`` anyway, and every batch runs under ``publish_timeout_s``.
+nats-py keeps reconnecting in the background for as long as the publisher lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from typing import Final
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, StreamConfig
+
+from bridge.bus.base import rejected, unavailable
+from bridge.bus.bindings import NATS_STRUCTURED_HEADERS, nats_binary_headers, nats_structured, nats_subject
+from bridge.config import NatsSettings
+from bridge.errors import BusError
+from bridge.events.cloudevent import CloudEvent
+
+__all__ = ["STREAM_NAME", "NatsPublisher", "stream_name_for"]
+
+#: The JetStream stream created for ``<prefix>.events.>`` when none covers it (prefix ``livekit``).
+#: Wanted as a setting (``nats.stream``); other prefixes get ``LIVEKIT_EVENTS_<PREFIX>``.
+STREAM_NAME: Final = "LIVEKIT_EVENTS"
+
+log = logging.getLogger("bridge.bus.nats")
+
+_MSG_ID: Final = "Nats-Msg-Id"  # JetStream deduplication within the duplicate window
+_STRUCTURED_HEADERS: Final = dict(NATS_STRUCTURED_HEADERS)
+_STREAM_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
+# JetStream API errors that mean "this record is wrong", not "try later" (message too large; subject
+# not in any stream would be 503 no-responders instead).
+_JS_REJECT_CODES: Final = frozenset({400, 413})
+
+
+def stream_name_for(prefix: str) -> str:
+    """:data:`STREAM_NAME` for the default prefix, ``LIVEKIT_EVENTS_<PREFIX>`` for any other."""
+    if prefix == "livekit":
+        return STREAM_NAME
+    return f"{STREAM_NAME}_{_STREAM_UNSAFE.sub('_', prefix).upper()}"
+
+
+class NatsPublisher:
+    """Publishes CloudEvents to NATS; see the module docstring for the modes."""
+
+    name = "nats"
+
+    def __init__(
+        self,
+        settings: NatsSettings,
+        *,
+        publish_timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+        reconnect_time_wait_s: float = 1.0,
+        pending_size_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self._settings = settings
+        self._prefix = settings.subject_prefix
+        self._binary = settings.binary_mode
+        self._jetstream = settings.jetstream
+        self._stream = stream_name_for(self._prefix)
+        self._publish_timeout_s = publish_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._reconnect_time_wait_s = reconnect_time_wait_s
+        self._pending_size_bytes = pending_size_bytes
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._stream_ready = False
+        self._starting = asyncio.Lock()
+        self._closed = False
+        #: The stream events land in (JetStream mode), once known.
+        self.stream: str | None = None
+        self.duplicates = 0  # PubAcks that said "duplicate" (a re-sent batch)
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (and, for JetStream, make sure the stream exists); BusUnavailable if that fails."""
+        async with self._starting:
+            if self._closed:
+                raise unavailable(self.name, "publisher is closed")
+            if self._nc is None:
+                self._nc = await self._connect()
+            if self._jetstream and not self._stream_ready:
+                await self._ensure_stream()
+
+    async def _connect(self) -> Client:
+        s = self._settings
+        try:
+            return await nats.connect(
+                servers=list(s.servers),
+                name="livekit-bus-bridge",
+                user=s.user,
+                # Revealed only here, inside the client; never in a message or a log line.
+                password=s.password.reveal() if s.password is not None else None,
+                token=s.token.reveal() if s.token is not None else None,
+                user_credentials=str(s.creds_file) if s.creds_file is not None else None,
+                connect_timeout=self._connect_timeout_s,  # float seconds work
+                reconnect_time_wait=self._reconnect_time_wait_s,
+                max_reconnect_attempts=-1,  # the outbox holds events; the client keeps trying
+                allow_reconnect=True,
+                pending_size=self._pending_size_bytes,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+            )
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise unavailable(self.name, "cannot connect", exc) from exc
+
+    async def _ensure_stream(self) -> None:
+        assert self._nc is not None
+        js = self._js = self._nc.jetstream(timeout=self._publish_timeout_s)
+        subjects = f"{self._prefix}.events.>"
+        try:
+            try:
+                self.stream = await js.find_stream_name_by_subject(subjects)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(StreamConfig(name=self._stream, subjects=[subjects]))
+                self.stream = self._stream
+                log.info("nats: created JetStream stream %s for %s", self._stream, subjects)
+        except nats.js.errors.APIError as exc:
+            raise unavailable(self.name, f"cannot find or create a stream for {subjects}", exc) from exc
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise unavailable(self.name, "JetStream did not answer", exc) from exc
+        self._stream_ready = True
+
+    async def aclose(self) -> None:
+        self._closed = True
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None and not nc.is_closed:
+            try:
+                await nc.close()
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                log.debug("nats: error while closing: %s", type(exc).__name__)
+
+    # nats-py calls these on its own task; the outbox logs the outage once, so these are debug only.
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("nats: client error %s", type(exc).__name__)
+
+    async def _on_disconnected(self) -> None:
+        log.debug("nats: disconnected")
+
+    async def _on_reconnected(self) -> None:
+        log.debug("nats: reconnected")
+
+    # -- publishing ----------------------------------------------------------------------------------
+
+    async def publish_batch(self, events: Sequence[CloudEvent]) -> None:
+        if not events:
+            return
+        if self._nc is None or (self._jetstream and not self._stream_ready):
+            await self.start()
+        nc = self._nc
+        assert nc is not None
+        if not nc.is_connected:
+            raise unavailable(self.name, "not connected")
+        messages = self._encode(events)
+        limit = nc.max_payload
+        # Checked before anything is sent, so a refused batch was not half published.
+        if any(len(payload) > limit for _, payload, _ in messages):
+            raise rejected(self.name, f"an event exceeds the server's max_payload ({limit} bytes)")
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                if self._jetstream:
+                    await self._publish_jetstream(messages)
+                else:
+                    for subject, payload, headers in messages:
+                        await nc.publish(subject, payload, headers=headers)
+                    await nc.flush(timeout=self._publish_timeout_s)  # type: ignore[arg-type]
+        except BusError:
+            raise
+        except nats.errors.MaxPayloadError as exc:
+            raise rejected(self.name, "an event exceeds the server's max_payload", exc) from exc
+        except nats.js.errors.APIError as exc:
+            if exc.code in _JS_REJECT_CODES:
+                raise rejected(self.name, f"JetStream refused a record (code {exc.code})", exc) from exc
+            if isinstance(exc, nats.js.errors.NoStreamResponseError):
+                self._stream_ready = False  # the stream may be gone: look again before the retry
+            raise unavailable(self.name, f"JetStream error (code {exc.code})", exc) from exc
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise unavailable(self.name, "publish not confirmed", exc) from exc
+
+    def _encode(self, events: Sequence[CloudEvent]) -> list[tuple[str, bytes, dict[str, str]]]:
+        prefix = self._prefix
+        if self._binary:
+            out = [(nats_subject(prefix, e), e.data, nats_binary_headers(e)) for e in events]
+            if self._jetstream:
+                for (_, _, headers), e in zip(out, events, strict=True):
+                    headers[_MSG_ID] = e.id
+            return out
+        if self._jetstream:
+            return [
+                (nats_subject(prefix, e), nats_structured(e), {**NATS_STRUCTURED_HEADERS, _MSG_ID: e.id})
+                for e in events
+            ]
+        # One shared header dict for the whole batch: nats-py only reads it.
+        shared = _STRUCTURED_HEADERS
+        return [(nats_subject(prefix, e), nats_structured(e), shared) for e in events]
+
+    async def _publish_jetstream(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
+        js = self._js
+        assert js is not None
+        futures: list[asyncio.Future[PubAck]] = []
+        try:
+            for subject, payload, headers in messages:
+                fut = await js.publish_async(
+                    subject, payload, wait_stall=self._publish_timeout_s, headers=headers
+                )
+                futures.append(fut)
+            acks = await asyncio.gather(*futures)
+        finally:
+            # On a timeout or error, pending futures would hold publish_async's semaphore forever.
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+        self.duplicates += sum(1 for ack in acks if getattr(ack, "duplicate", False))

@@ -1,0 +1,349 @@
+"""The bounded queue between the rooms and one bus, and the fan-out to every bus.
+
+:class:`Outbox` holds at most ``capacity`` events for one :class:`~bridge.bus.base.Publisher` and owns ONE
+background task that drains them in batches of up to ``max_batch`` per ``publish_batch`` call:
+
+- a **retriable** failure (the bus is down) puts the batch back at the head of the queue, where it stays
+  counted against ``capacity``, and the task tries again after a capped exponential backoff;
+- a **non-retriable** failure (the broker refused the records) drops that batch: counted, logged, and
+  reported through ``on_drop`` so the room can emit a ``gap`` event;
+- when the queue is full, ``overflow="block"`` makes :meth:`Outbox.put` wait for room (the caller is a
+  room's reader, which may block), and ``overflow="drop_oldest"`` evicts the oldest queued events at once,
+  counts them and reports them through ``on_drop`` (never waits, so a dead bus cannot stall the room).
+
+An outage is logged once when it starts and once when it ends (with how many events were delayed and
+dropped), never once per event or per retry. Order: a batch that is retried goes back in front of
+everything queued after it, so each room's events leave in the order they were put (delivery is
+at-least-once across a retry: a batch that timed out may have reached the broker).
+
+:class:`EventFanout` puts each event into every outbox; only ``block`` outboxes can make it wait, and only
+until that bus has room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from bridge.bus.base import Publisher
+from bridge.errors import BusError
+from bridge.events.cloudevent import CloudEvent
+
+__all__ = ["EventFanout", "Outbox", "OutboxClosed", "OutboxStats", "Overflow"]
+
+Overflow = Literal["block", "drop_oldest"]
+OnDrop = Callable[[str, list[CloudEvent]], None]
+
+log = logging.getLogger("bridge.bus.outbox")
+
+_JITTER: Final = 0.2  # backoff delays are scaled by a random factor in [0.8, 1.0]
+
+
+class OutboxClosed(BusError):
+    """``put`` after ``aclose``: the bridge is shutting down."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """A snapshot of one outbox's counters (``queued`` includes the batch being published)."""
+
+    bus: str
+    queued: int
+    capacity: int
+    published: int
+    dropped: int
+    retries: int
+    batches: int
+    failed_batches: int
+    outage: bool
+    last_error: str | None
+
+
+class Outbox:
+    """A bounded queue in front of one publisher, drained by one owned background task.
+
+    The outbox never starts or closes its publisher: whoever built the publisher owns it. A publisher that
+    failed to start is fine: its ``publish_batch`` raises BusUnavailable and the outbox retries.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        capacity: int,
+        overflow: Overflow,
+        on_drop: OnDrop,
+        max_batch: int = 500,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 5.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if capacity < 2:
+            raise ValueError("capacity must be at least 2")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if overflow not in ("block", "drop_oldest"):
+            raise ValueError("overflow must be 'block' or 'drop_oldest'")
+        if not 0 < retry_initial_s <= retry_max_s:
+            raise ValueError("need 0 < retry_initial_s <= retry_max_s")
+        self.publisher = publisher
+        self.bus = publisher.name
+        self.capacity = capacity
+        self.overflow: Overflow = overflow
+        # A batch in flight is at most capacity - 1 events, so a full outbox always has a queued event that
+        # drop_oldest can evict (events being published cannot be taken back).
+        self.max_batch = min(max_batch, capacity - 1)
+        self._on_drop = on_drop
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._log = logger if logger is not None else log
+
+        self._queue: deque[CloudEvent] = deque()
+        self._in_flight = 0
+        self._not_empty = asyncio.Event()
+        self._not_full = asyncio.Event()
+        self._not_full.set()
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+        self.published = 0
+        self.dropped = 0
+        self.retries = 0
+        self.batches = 0
+        self.failed_batches = 0
+        self.last_error: str | None = None
+        # Outage bookkeeping, for the one log line at each end.
+        self._outage_since: float | None = None
+        self._outage_delayed = 0
+        self._outage_dropped_before = 0
+        self._overflowing = False
+        self._overflow_dropped_before = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background task (idempotent)."""
+        if self._closed:
+            raise OutboxClosed(f"{self.bus}: outbox is closed")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"outbox-{self.bus}")
+
+    async def aclose(self, flush_deadline_s: float = 5.0) -> None:
+        """Stop accepting events, publish what is queued until the deadline, then stop the task.
+
+        Events still queued at the deadline are dropped: counted, logged and reported through ``on_drop``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        self._not_empty.set()
+        self._not_full.set()  # wake blocked putters: they raise OutboxClosed
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                async with asyncio.timeout(flush_deadline_s):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._queue:
+            left = list(self._queue)
+            self._queue.clear()
+            self._log.warning(
+                "bus %s: %d events not published before the shutdown deadline; dropped", self.bus, len(left)
+            )
+            self._drop(left)
+
+    # -- producing -----------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Events held: queued plus the batch being published."""
+        return len(self._queue) + self._in_flight
+
+    def put_nowait(self, event: CloudEvent) -> bool:
+        """Queue ``event`` if that needs no waiting; False only for a full ``block`` outbox."""
+        if self._closed:
+            raise OutboxClosed(f"{self.bus}: outbox is closed")
+        if self.size >= self.capacity:
+            if self.overflow == "block":
+                self._not_full.clear()
+                return False
+            self._evict(self.size - self.capacity + 1)
+        self._queue.append(event)
+        if self._outage_since is not None:
+            self._outage_delayed += 1
+        self._not_empty.set()
+        return True
+
+    async def put(self, event: CloudEvent) -> None:
+        """Queue ``event``; with ``block`` wait while the outbox is full, with ``drop_oldest`` never wait."""
+        while not self.put_nowait(event):
+            await self._not_full.wait()
+
+    def _evict(self, count: int) -> None:
+        evicted = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
+        if not self._overflowing:
+            self._overflowing = True
+            self._overflow_dropped_before = self.dropped
+            self._log.warning(
+                "bus %s: outbox full (%d events), dropping the oldest until it drains",
+                self.bus,
+                self.capacity,
+            )
+        self._drop(evicted)
+
+    def _drop(self, events: list[CloudEvent]) -> None:
+        if not events:
+            return
+        self.dropped += len(events)
+        try:
+            self._on_drop(self.bus, events)
+        except Exception:  # noqa: BLE001 (logged with its traceback)
+            # A broken callback must not take the outbox (and with it the room's reader) down.
+            self._log.exception("bus %s: on_drop callback failed", self.bus)
+
+    # -- draining ------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            if not self._queue:
+                if self._closing.is_set():
+                    return
+                self._not_empty.clear()
+                await self._not_empty.wait()
+                continue
+            n = min(self.max_batch, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._in_flight = n
+            try:
+                await self.publisher.publish_batch(batch)
+            except BusError as exc:
+                self._in_flight = 0
+                self.last_error = str(exc)
+                if not exc.retriable:
+                    self.failed_batches += 1
+                    self._log.error(
+                        "bus %s: batch of %d events refused, dropped: %s", self.bus, len(batch), exc
+                    )
+                    self._drop(batch)
+                    self._space_freed()
+                    continue
+                self._queue.extendleft(reversed(batch))
+                await self._backoff(attempt, exc)
+                attempt += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 (kept and retried, logged once with its traceback)
+                # A foreign exception is an adapter bug; keep the events and retry rather than lose them.
+                self._in_flight = 0
+                self._queue.extendleft(reversed(batch))
+                self.last_error = f"{type(exc).__name__} (not translated by the {self.bus} adapter)"
+                if self._outage_since is None:
+                    self._log.exception("bus %s: publish raised an untranslated error", self.bus)
+                await self._backoff(attempt, exc)
+                attempt += 1
+                continue
+            self._in_flight = 0
+            attempt = 0
+            self.published += n
+            self.batches += 1
+            if self._outage_since is not None:
+                self._end_outage()
+            self._space_freed()
+
+    def _space_freed(self) -> None:
+        if self.size < self.capacity:
+            self._not_full.set()
+        if self._overflowing and self.size <= self.capacity // 2:
+            self._overflowing = False
+            self._log.warning(
+                "bus %s: outbox drained; %d events were dropped while it was full",
+                self.bus,
+                self.dropped - self._overflow_dropped_before,
+            )
+
+    async def _backoff(self, attempt: int, exc: BaseException) -> None:
+        self.retries += 1
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self._outage_delayed = self.size
+            self._outage_dropped_before = self.dropped
+            self._log.warning(
+                "bus %s unavailable, holding events and retrying: %s (%d queued)",
+                self.bus,
+                self.last_error,
+                self.size,
+            )
+        delay = min(self._retry_max_s, self._retry_initial_s * (2 ** min(attempt, 30)))
+        delay *= 1 - _JITTER * random.random()  # noqa: S311 (jitter, not cryptography)
+        if self._closing.is_set():
+            # Shutting down: retry at the initial pace until aclose's deadline instead of sleeping past it.
+            await asyncio.sleep(min(delay, self._retry_initial_s))
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closing.wait()
+
+    def _end_outage(self) -> None:
+        assert self._outage_since is not None
+        dropped = self.dropped - self._outage_dropped_before
+        self._log.warning(
+            "bus %s available again after %.1fs: %d events delayed, %d dropped",
+            self.bus,
+            time.monotonic() - self._outage_since,
+            max(0, self._outage_delayed - dropped),
+            dropped,
+        )
+        self._outage_since = None
+
+    # -- observing -----------------------------------------------------------------------------------
+
+    @property
+    def outage(self) -> bool:
+        return self._outage_since is not None
+
+    def stats(self) -> OutboxStats:
+        return OutboxStats(
+            bus=self.bus,
+            queued=self.size,
+            capacity=self.capacity,
+            published=self.published,
+            dropped=self.dropped,
+            retries=self.retries,
+            batches=self.batches,
+            failed_batches=self.failed_batches,
+            outage=self.outage,
+            last_error=self.last_error,
+        )
+
+
+class EventFanout:
+    """Puts every event into every outbox. A full ``drop_oldest`` outbox never makes ``emit`` wait."""
+
+    def __init__(self, outboxes: Sequence[Outbox]) -> None:
+        self.outboxes = tuple(outboxes)
+
+    async def emit(self, event: CloudEvent) -> None:
+        for outbox in self.outboxes:
+            # Fast path without a coroutine per bus; only a full block-outbox makes us await.
+            if not outbox.put_nowait(event):
+                await outbox.put(event)
+
+    def start(self) -> None:
+        for outbox in self.outboxes:
+            outbox.start()
+
+    async def aclose(self, flush_deadline_s: float = 5.0) -> None:
+        """Close every outbox concurrently, sharing one deadline."""
+        await asyncio.gather(*(o.aclose(flush_deadline_s) for o in self.outboxes))
