@@ -1,12 +1,12 @@
 """Composition root: settings in, the running service out, and the written shutdown order.
 
-Start: configure logging, start the room supervisor, join the configured rooms.
+Start: the bus publishers (each may be down: its outbox buffers and retries), one bounded outbox per
+bus behind a fan-out, then the room supervisor, which joins the configured rooms.
 Stop (SIGTERM/SIGINT), in this order:
-  1. stop taking commands (nothing may reach a room that is leaving);
+  1. stop taking commands (nothing may reach a room that is leaving) -- with the command pipeline;
   2. leave every room with CLIENT_INITIATED within ``livekit.leave_deadline_s``;
-  3. flush what the rooms produced to the buses;
+  3. flush what the rooms produced to the buses, within ``FLUSH_DEADLINE_S``;
   4. close the bus clients.
-Steps 1, 3 and 4 come with the command and event pipelines; their place is kept here.
 """
 
 from __future__ import annotations
@@ -14,38 +14,120 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
+from typing import Final
 
+from bridge.bus.base import Publisher
+from bridge.bus.outbox import EventFanout, Outbox
 from bridge.config import Settings
+from bridge.errors import BusError
+from bridge.events.cloudevent import CloudEvent
 from bridge.media.tuning import apply_scaling_knobs
 from bridge.rooms.supervisor import RoomSupervisor
 
 log = logging.getLogger(__name__)
 
+FLUSH_DEADLINE_S: Final = 5.0
+
+
+def build_publishers(settings: Settings) -> list[Publisher]:
+    """One publisher per configured bus (none configured: events are counted and discarded)."""
+    publishers: list[Publisher] = []
+    if settings.kafka is not None:
+        from bridge.bus.kafka import KafkaPublisher
+
+        publishers.append(KafkaPublisher(settings.kafka))
+    if settings.nats is not None:
+        from bridge.bus.nats import NatsPublisher
+
+        publishers.append(NatsPublisher(settings.nats))
+    return publishers
+
+
+class Bridge:
+    """The running service: publishers, outboxes, fan-out and rooms. ``start()`` then ``aclose()``."""
+
+    def __init__(self, settings: Settings, *, publishers: Sequence[Publisher] | None = None) -> None:
+        self.settings = settings
+        self.publishers = list(build_publishers(settings) if publishers is None else publishers)
+        self.outboxes = [
+            Outbox(
+                p,
+                capacity=settings.outbox.capacity,
+                overflow=settings.outbox.overflow,
+                on_drop=self._dropped,
+                on_recover=self._recovered,
+            )
+            for p in self.publishers
+        ]
+        # Dropped events per (session, bus): [count, first sequence, last sequence], reported as one
+        # gap event per session once that bus has room again (reporting while full would drop more).
+        self._gaps: dict[tuple[str, str], list[int]] = {}
+        self.fanout = EventFanout(self.outboxes)
+        self.supervisor = RoomSupervisor(
+            settings.livekit, sink=self.fanout if self.outboxes else None, events=settings.events
+        )
+
+    def _dropped(self, bus: str, events: list[CloudEvent]) -> None:
+        for event in events:
+            gap = self._gaps.get((event.ctx.session, bus))
+            if gap is None:
+                self._gaps[(event.ctx.session, bus)] = [1, event.sequence, event.sequence]
+            else:
+                gap[0] += 1
+                gap[1] = min(gap[1], event.sequence)
+                gap[2] = max(gap[2], event.sequence)
+
+    def _recovered(self, bus: str) -> None:
+        for key in [k for k in self._gaps if k[1] == bus]:
+            count, first, last = self._gaps.pop(key)
+            self.supervisor.report_gap(key[0], bus, count, first, last)
+
+    async def start(self) -> None:
+        apply_scaling_knobs()  # before the first PC/TLS socket exists; idempotent
+        if not self.publishers:
+            log.warning("no bus configured (kafka, nats): rooms are joined but their events go nowhere")
+        for publisher in self.publishers:
+            try:
+                await publisher.start()
+            except BusError as exc:
+                log.warning(
+                    "%s: not reachable at start (%s); its outbox buffers and retries", publisher.name, exc
+                )
+        self.fanout.start()
+        for room in self.settings.rooms.static:
+            self.supervisor.join(room)
+        log.info(
+            "bridge started: %d rooms, identity=%s, livekit=%s, buses=%s",
+            len(self.settings.rooms.static),
+            self.settings.livekit.identity,
+            self.settings.livekit.url,
+            ",".join(p.name for p in self.publishers) or "none",
+        )
+
+    async def aclose(self) -> None:
+        """The shutdown order of the module docstring."""
+        leaving = sum(1 for s in self.supervisor.sessions.values() if s.ended is None)
+        log.info("bridge stopping: leaving %d rooms", leaving)
+        await self.supervisor.aclose()
+        await self.fanout.aclose(FLUSH_DEADLINE_S)
+        for publisher in self.publishers:
+            await publisher.aclose()
+        log.info("bridge stopped")
+
 
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     """Run until ``stop`` is set (SIGTERM/SIGINT when not given) or every room has ended."""
-    apply_scaling_knobs()  # before the first PC/TLS socket exists; idempotent
     stop = stop or _signal_event()
-    supervisor = RoomSupervisor(settings.livekit)
-    for room in settings.rooms.static:
-        supervisor.join(room)
-    log.info(
-        "bridge started: %d rooms, identity=%s, livekit=%s",
-        len(settings.rooms.static),
-        settings.livekit.identity,
-        settings.livekit.url,
-    )
+    bridge = Bridge(settings)
+    await bridge.start()
     stopping = asyncio.create_task(stop.wait())
-    rooms_done = asyncio.create_task(supervisor.wait())
+    rooms_done = asyncio.create_task(bridge.supervisor.wait())
     await asyncio.wait({stopping, rooms_done}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     rooms_done.cancel()
-    log.info(
-        "bridge stopping: leaving %d rooms", sum(1 for s in supervisor.sessions.values() if s.ended is None)
-    )
-    await supervisor.aclose()
-    log.info("bridge stopped")
-    return 1 if supervisor.crashes else 0
+    await bridge.aclose()
+    return 1 if bridge.supervisor.crashes else 0
 
 
 def _signal_event() -> asyncio.Event:

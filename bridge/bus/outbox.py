@@ -80,6 +80,7 @@ class Outbox:
         capacity: int,
         overflow: Overflow,
         on_drop: OnDrop,
+        on_recover: Callable[[str], None] | None = None,
         max_batch: int = 500,
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
@@ -101,6 +102,9 @@ class Outbox:
         # drop_oldest can evict (events being published cannot be taken back).
         self.max_batch = min(max_batch, capacity - 1)
         self._on_drop = on_drop
+        # Called after a successful batch once the outbox is neither down nor overflowing: the moment
+        # to report dropped events (reporting while full would evict more events, in a loop).
+        self._on_recover = on_recover
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._log = logger if logger is not None else log
@@ -261,6 +265,11 @@ class Outbox:
             if self._outage_since is not None:
                 self._end_outage()
             self._space_freed()
+            if self._on_recover is not None and not self._overflowing and self.size <= self.capacity // 2:
+                try:
+                    self._on_recover(self.bus)
+                except Exception:  # noqa: BLE001 (a callback bug must not stop publishing)
+                    self._log.exception("bus %s: on_recover callback failed", self.bus)
 
     def _space_freed(self) -> None:
         if self.size < self.capacity:

@@ -76,7 +76,7 @@ class RoomSession:
         )
         self.room_state = RoomState()
         self._snapshot_after_resume = False
-        self._side: collections.deque[tuple[bytes, str] | tuple[str, list[CloudEvent]]] = collections.deque()
+        self._side: collections.deque[tuple[bytes, str] | tuple[str, list[int]]] = collections.deque()
         self._side_ready = asyncio.Event()
         self.side_dropped = 0
         self.protocol = SignalProtocol(
@@ -240,11 +240,11 @@ class RoomSession:
     def _on_data(self, payload: bytes, label: str) -> None:
         self._side_put((payload, label))
 
-    def report_gap(self, bus: str, dropped: list[CloudEvent]) -> None:
-        """An outbox dropped these events of this session: say so with a ``gap`` event."""
-        self._side_put((bus, dropped))
+    def report_gap(self, bus: str, dropped: int, first: int, last: int) -> None:
+        """``bus`` dropped ``dropped`` events of this session (sequences ``first``..``last``)."""
+        self._side_put((bus, [dropped, first, last]))
 
-    def _side_put(self, item: tuple[bytes, str] | tuple[str, list[CloudEvent]]) -> None:
+    def _side_put(self, item: tuple[bytes, str] | tuple[str, list[int]]) -> None:
         if len(self._side) >= SIDE_QUEUE:
             self.side_dropped += 1
             return
@@ -274,16 +274,16 @@ class RoomSession:
             return
         await self._emit(self.mapper.data(packet, wall=time.time()))
 
-    async def _emit_gap(self, bus: str, dropped: list[CloudEvent]) -> None:
-        sequences = [e.sequence for e in dropped]
-        gap = events_pb2.Gap(
+    async def _emit_gap(self, bus: str, gap: list[int]) -> None:
+        dropped, first, last = gap
+        message = events_pb2.Gap(
             bus=bus,
-            dropped=len(dropped),
-            first_sequence=min(sequences, default=0),
-            last_sequence=max(sequences, default=0),
-            reason="outbox full (drop_oldest)",
+            dropped=dropped,
+            first_sequence=first,
+            last_sequence=last,
+            reason="outbox full (drop_oldest) or not flushed at shutdown",
         )
-        await self._bridge_event("gap", gap)
+        await self._bridge_event("gap", message)
 
     async def _joined(self, event: Joined) -> None:
         join = event.join

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from bridge.config import EventsSettings, LiveKitSettings
-from bridge.events.cloudevent import CloudEvent, EventSink
+from bridge.events.cloudevent import EventSink
 from bridge.rooms.session import RoomSession, SessionEventHandler
 from bridge.signaling.protocol import Ended
 
@@ -53,14 +53,12 @@ class RoomSupervisor:
         self._tasks[room] = asyncio.create_task(self._supervise(session), name=f"room:{room}")
         return session
 
-    def report_dropped(self, bus: str, dropped: list[CloudEvent]) -> None:
-        """Route an outbox's dropped events to their sessions, which publish ``gap`` events."""
-        by_session: dict[str, list[CloudEvent]] = {}
-        for event in dropped:
-            by_session.setdefault(event.ctx.session, []).append(event)
+    def report_gap(self, session_id: str, bus: str, dropped: int, first: int, last: int) -> None:
+        """A bus lost ``dropped`` events of this session: the session publishes a ``gap`` event."""
         for session in self.sessions.values():
-            if session.session_id in by_session:
-                session.report_gap(bus, by_session[session.session_id])
+            if session.session_id == session_id:
+                session.report_gap(bus, dropped, first, last)
+                return
 
     def leave(self, room: str) -> None:
         session = self.sessions.get(room)

@@ -307,13 +307,13 @@ class SignalProtocol:
         what arrives) until the server confirms, the socket closes, or ``deadline_s`` passes.
         """
         joined = self.state is SessionState.JOINED
-        if self.state is SessionState.LEAVING:
-            return
+        if self.state in (SessionState.LEAVING, SessionState.CLOSED):
+            return  # idempotent: already leaving, or over
         self._go(Trigger.LEAVE)
         if joined:
             self._queue(rtc.SignalRequest(leave=rtc.LeaveRequest(reason=models.CLIENT_INITIATED)))
             self._timers = _Timers(liveness_deadline=now + deadline_s)
-        elif self.state is SessionState.CLOSED:
+        else:  # from any other state LEAVE goes straight to CLOSED
             self._actions.append(CloseSocket())
             self._stop_timers()
             self._events.append(Ended("client initiated"))

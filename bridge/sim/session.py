@@ -69,6 +69,7 @@ class ClientSession:
         self.json_mode = False
         self.silent = False  # fault injection: swallow everything we would send
         self.requests: list[rtc.SignalRequest] = []  # every request received, for tests
+        self.sent: list[str] = []  # the kind of every response written, in order, for tests
         self._queue: asyncio.Queue[rtc.SignalResponse | None] | None = None
         self._transport: asyncio.Transport | None = None
         self._ws: web.WebSocketResponse | None = None
@@ -170,7 +171,9 @@ class ClientSession:
                     await ws.send_bytes(frame)
             except (ConnectionError, RuntimeError):
                 return
-            if response.WhichOneof("message") == "leave" and self._socket_done is not None:
+            kind = response.WhichOneof("message") or ""
+            self.sent.append(kind)
+            if kind == "leave" and self._socket_done is not None:
                 self._socket_done.set()
         await ws.close()
 

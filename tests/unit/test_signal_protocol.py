@@ -276,3 +276,14 @@ def test_every_state_is_reachable_from_idle() -> None:
                 reached.add(target)
                 frontier.append(target)
     assert reached == set(SessionState)
+
+
+def test_leave_after_the_end_is_a_no_op() -> None:
+    p = joined()
+    p.receive_data(leave_frame(models.PARTICIPANT_REMOVED, rtc.LeaveRequest.DISCONNECT), 1.0)
+    p.events_received()
+    p.actions()
+    p.leave(2.0)
+    assert state_of(p) is SessionState.CLOSED
+    assert p.events_received() == []
+    assert p.data_to_send() == []
