@@ -93,6 +93,7 @@ class RoomSession:
             protocol=self.protocol,
             on_event=self._handle,
             mint_token=lambda: mint_join_token(settings, self.room),
+            auto_subscribe=settings.auto_subscribe,
         )
         self.media = MediaPeer(send=self._send_media, room=room, on_data=self._on_data)
         self.ended: Ended | None = None

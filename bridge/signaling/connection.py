@@ -57,6 +57,7 @@ class SignalConnection:
         on_event: EventHandler,
         mint_token: Callable[[], str],
         open_timeout_s: float = 10.0,
+        auto_subscribe: bool = False,
         clock: Callable[[], float] = time.monotonic,  # the event loop's clock on Linux
     ) -> None:
         self.url = url.rstrip("/")
@@ -65,6 +66,7 @@ class SignalConnection:
         self._on_event = on_event
         self._mint_token = mint_token
         self._open_timeout_s = open_timeout_s
+        self._auto_subscribe = "1" if auto_subscribe else "0"
         self._clock = clock
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
@@ -188,7 +190,7 @@ class SignalConnection:
             "sdk": "python",
             "version": __version__,
             "protocol": str(PROTOCOL_VERSION),
-            "auto_subscribe": "0",
+            "auto_subscribe": self._auto_subscribe,
             "adaptive_stream": "0",
         }
         if action.resume:

@@ -69,6 +69,32 @@ async def test_joins_hidden_connects_webrtc_and_outlives_the_join_timeout(sim: S
     assert IDENTITY not in server.rooms["r1"].participants
 
 
+async def test_auto_subscribe_setting_receives_and_drains_media(sim: Sim) -> None:
+    server, scenario = sim
+    scenario.join("r1", "alice")
+    tone = scenario.publish("r1", "alice", kind="audio")
+    session = RoomSession(settings=bridge_settings(server, "r1", auto_subscribe=True).livekit, room="r1")
+    task = asyncio.create_task(session.run())
+    try:
+        await eventually(
+            lambda: any(t.track_id == tone and t.frames >= 25 for t in session.media.tracks()),
+            within=15,
+            what="25 frames of alice's tone drained",
+        )
+    finally:
+        await stop(session, task)
+
+
+async def test_without_auto_subscribe_no_media_is_sent(sim: Sim) -> None:
+    server, scenario = sim
+    scenario.join("r1", "alice")
+    scenario.publish("r1", "alice", kind="audio")
+    session, task = await start(server)
+    assert session.media.tracks() == []
+    assert server.rooms["r1"].participant("alice").subscribed_by == {}
+    await stop(session, task)
+
+
 async def test_socket_drop_is_resumed_with_the_same_sid_and_state_resynced(sim: Sim) -> None:
     server, scenario = sim
     session, task = await start(server)
