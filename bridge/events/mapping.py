@@ -162,28 +162,25 @@ def oneof_payload(frame: bytes) -> bytes | None:
     A SignalResponse on the wire is one oneof field: tag, length, message bytes. Slicing those bytes
     out costs nothing and keeps LiveKit's encoding exactly.
     """
-    pos, n = 0, len(frame)
-    tag = 0
-    shift = 0
-    while pos < n:
-        b = frame[pos]
-        pos += 1
-        tag |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
+    tag, pos = _varint(frame, 0)
     if tag & 7 != 2:
         return None
-    length = 0
-    shift = 0
+    length, pos = _varint(frame, pos)
+    return frame[pos:] if pos + length == len(frame) else None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A protobuf varint at ``pos``: its value and the position after it."""
+    value = shift = 0
+    n = len(data)
     while pos < n:
-        b = frame[pos]
+        b = data[pos]
         pos += 1
-        length |= (b & 0x7F) << shift
+        value |= (b & 0x7F) << shift
         if b < 0x80:
             break
         shift += 7
-    return frame[pos:] if pos + length == n else None
+    return value, pos
 
 
 _MS_CACHE: list[Any] = [None, ""]

@@ -37,6 +37,7 @@ from bridge.signaling.protocol import (
     SessionState,
     SignalProtocol,
 )
+from bridge.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class RoomSession:
         self.ended: Ended | None = None
         self.resumes = 0
         self.rejoins = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(log, f"room={room} session={self.session_id}")
 
     @property
     def state(self) -> SessionState:
@@ -116,10 +117,7 @@ class RoomSession:
         try:
             await self.connection.run()
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_S)
+            await self._tasks.aclose(CLOSE_TIMEOUT_S)
             try:
                 # aiortc's close can wait forever on transports whose tasks were cancelled under it.
                 await asyncio.wait_for(self.media.aclose(), CLOSE_TIMEOUT_S)
@@ -141,14 +139,7 @@ class RoomSession:
         self.connection.send_request(request)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("room task failed room=%s session=%s", self.room, self.session_id, exc_info=exc)
+        self._tasks.spawn(coro)
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, Received):

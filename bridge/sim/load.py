@@ -15,14 +15,27 @@ class LoadGenerator:
 
     Events cycle through speakers, connection quality, participant metadata and user data, so a
     bridge joined to these rooms sees a realistic mix. ``sent`` counts what was generated.
+
+    With ``stamp=True`` the metadata and the user data payload are ``{"n": <n>, "t": <time.time_ns()>}``
+    (wall-clock send time, for latency measurements on one machine); by default they are
+    ``{"n": <n>}`` and ``tick <n>``.
     """
 
-    def __init__(self, server: SimServer, *, rooms: int, rate_per_s: float, prefix: str = "load-") -> None:
+    def __init__(
+        self,
+        server: SimServer,
+        *,
+        rooms: int,
+        rate_per_s: float,
+        prefix: str = "load-",
+        stamp: bool = False,
+    ) -> None:
         if rooms < 1 or rate_per_s <= 0:
             raise ValueError("load mode needs rooms >= 1 and rate_per_s > 0")
         self.scenario = Scenario(server)
         self.rooms = [f"{prefix}{i}" for i in range(rooms)]
         self.rate_per_s = rate_per_s
+        self.stamp = stamp
         self.sent = 0
         self._stopped = asyncio.Event()
         for name in self.rooms:
@@ -39,7 +52,11 @@ class LoadGenerator:
         elif step == 1:
             self.scenario.quality(room, {"speaker-a": "good" if n % 8 < 4 else "excellent"})
         elif step == 2:
-            self.scenario.set_metadata(room, "speaker-b", metadata=f'{{"n": {n}}}')
+            stamp = f', "t": {time.time_ns()}' if self.stamp else ""
+            self.scenario.set_metadata(room, "speaker-b", metadata=f'{{"n": {n}{stamp}}}')
+        elif self.stamp:
+            payload = f'{{"n": {n}, "t": {time.time_ns()}}}'
+            self.scenario.send_data(room, "speaker-a", payload=payload, topic="load")
         else:
             self.scenario.send_data(room, "speaker-a", payload=f"tick {n}", topic="load")
         self.sent += 1

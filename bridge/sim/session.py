@@ -23,6 +23,7 @@ from bridge.errors import FrameError, NotFound
 from bridge.signaling import codec
 from bridge.sim.media import MediaMode, ParticipantMedia
 from bridge.sim.room import SimParticipant, SimRoom, new_sid, now_ms
+from bridge.tasks import OwnedTasks
 
 if TYPE_CHECKING:
     from bridge.sim.server import SimServer
@@ -73,7 +74,7 @@ class ClientSession:
         self._queue: asyncio.Queue[rtc.SignalResponse | None] | None = None
         self._transport: asyncio.Transport | None = None
         self._ws: web.WebSocketResponse | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(log, f"simulator room={room.name} identity={participant.identity}")
         self._socket_done: asyncio.Event | None = None
         self._ever_connected = False
         self._grace_task: asyncio.Task[None] | None = None
@@ -239,27 +240,13 @@ class ClientSession:
     async def aclose(self) -> None:
         self.participant.connection = None if self.participant.closed else self.participant.connection
         current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
+        self._tasks.cancel()
         if self._grace_task is not None and self._grace_task is not current:
             self._grace_task.cancel()
         await self.media.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error(
-                "simulator task failed room=%s identity=%s",
-                self.room.name,
-                self.participant.identity,
-                exc_info=exc,
-            )
+        self._tasks.spawn(coro)
 
     # ------------------------------------------------------------ join/resume
 
