@@ -71,8 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livekit-bridge", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="simulator + scripted room, printing what flows; no setup needed")
+    demo = sub.add_parser(
+        "demo", help="simulator + NATS + bridge on a scripted room, printing the events; no setup needed"
+    )
     demo.add_argument("--scenario", type=Path, help="play this YAML scenario instead of the bundled one")
+    demo.add_argument("--kafka", action="store_true", help="also start a Kafka-protocol broker (tansu)")
+    demo.add_argument("--memory", action="store_true", help="no nats-server: use the in-memory bus")
+    tail = sub.add_parser(
+        "tail",
+        help="pretty-print events from Kafka or NATS (filter by room and type)",
+        description="Pretty-print the bridge's CloudEvents from Kafka or NATS, one line each (or --json).",
+    )
+    from bridge.tail import add_tail_arguments
+
+    add_tail_arguments(tail)
     run = sub.add_parser("run", help="the service: join the configured rooms and bridge them")
     run.add_argument("--config", type=Path, required=True, help="YAML settings file")
     check = sub.add_parser("check-config", help="validate settings and print them, secrets redacted")
@@ -88,9 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "demo":
-            from bridge.sim.demo import run_demo
+            from bridge.demo import run_demo
 
-            return asyncio.run(run_demo(sys.stdout, scenario_file=args.scenario))
+            # Ctrl-C / SIGTERM: run_demo stops what it started and returns 130.
+            return asyncio.run(
+                run_demo(sys.stdout, scenario_file=args.scenario, kafka=args.kafka, use_nats=not args.memory)
+            )
+        if args.command == "tail":
+            from bridge.tail import run_tail
+
+            try:
+                return asyncio.run(run_tail(args, sys.stdout, sys.stderr))
+            except BrokenPipeError:
+                # `tail | head`: the reader left, a normal way to stop. Point stdout at /dev/null so the
+                # interpreter's final flush does not complain again.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
         if args.command == "run":
             from bridge.app import run_service
             from bridge.config import load_settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bridge.demo import run_demo
 from bridge.errors import BadRequest
-from bridge.sim.demo import run_demo
 from bridge.sim.load import LoadGenerator
 from support.signal_client import API_SECRET, SignalClient, make_token
 from support.simulator import running_sim
@@ -98,13 +99,34 @@ async def test_load_mode_spreads_events_over_rooms_at_the_rate() -> None:
             await client.close()
 
 
-async def test_demo_prints_the_scripted_room() -> None:
+@pytest.mark.parametrize("use_nats", [True, False], ids=["embedded-nats", "in-memory-fallback"])
+async def test_demo_prints_the_scripted_room(use_nats: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "per-run-secret-" + "x" * 32
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda _n=None: secret)
     out = io.StringIO()
-    assert await run_demo(out) == 0
+    assert await run_demo(out, use_nats=use_nats) == 0
     text = out.getvalue()
-    for kind in ("join", "update", "speakers_changed", "connection_quality", "room_update"):
-        assert f" {kind} " in text
+    if use_nats:
+        assert "nats-server  nats://127.0.0.1:" in text
+        assert "CloudEvents from NATS nats://127.0.0.1:" in text
+    else:
+        assert "CloudEvents from the in-memory bus" in text
+    for kind in (
+        "signal.join",
+        "signal.update",
+        "signal.speakers_changed",
+        "signal.connection_quality",
+        "signal.room_update",
+        "data.chat_message",  # over the bridge's data channel
+        "data.user",
+        "bridge.session_started",
+        "bridge.room_snapshot",
+        "bridge.session_ended",
+    ):
+        assert f" {kind} " in text, kind
+    assert 'message: "hello bridge"' in text
     assert "demo done:" in text
+    assert secret not in text
     assert "eyJ" not in text  # no token in the output
 
 
