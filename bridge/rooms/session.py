@@ -80,6 +80,7 @@ class RoomSession:
         self._side: collections.deque[tuple[bytes, str] | tuple[str, list[int]]] = collections.deque()
         self._side_ready = asyncio.Event()
         self.side_dropped = 0
+        self._emit_lock = asyncio.Lock()
         self.protocol = SignalProtocol(
             token="",
             backoff_initial_s=settings.reconnect_backoff_initial_s,
@@ -166,7 +167,7 @@ class RoomSession:
         elif kind == "trickle":
             self._spawn(self.media.handle_trickle(response.trickle))
         frame = event.frame if isinstance(event.frame, bytes) else None
-        await self._emit(self.mapper.signal(response, frame, wall=time.time()))
+        await self._emit(lambda: self.mapper.signal(response, frame, wall=time.time()))
         changed = self.room_state.apply(response)
         if kind == "room_moved":
             moved_from, self.room = self.room, self.protocol.room_name
@@ -188,12 +189,18 @@ class RoomSession:
                 self._snapshot_after_resume = False
                 await self._snapshot(Cause.CAUSE_RESUME)
 
-    async def _emit(self, event: CloudEvent | None) -> None:
-        if event is not None and self._sink is not None:
-            await self._sink.emit(event)
+    async def _emit(self, make: Callable[[], CloudEvent | None]) -> None:
+        """Number and hand over one event as a single step, so the buses see sequence order even when
+        the reader and the side task both wait on a full (``block``) outbox."""
+        if self._sink is None:
+            return
+        async with self._emit_lock:
+            event = make()
+            if event is not None:
+                await self._sink.emit(event)
 
     async def _bridge_event(self, name: str, message: Message, subject: str | None = None) -> None:
-        await self._emit(self.mapper.bridge(name, message, wall=time.time(), subject=subject))
+        await self._emit(lambda: self.mapper.bridge(name, message, wall=time.time(), subject=subject))
 
     async def _snapshot(self, cause: Any) -> None:
         snapshot = events_pb2.RoomSnapshot(
@@ -264,7 +271,7 @@ class RoomSession:
         except DecodeError:
             log.warning("undecodable DataPacket on %s room=%s", label, self.room)
             return
-        await self._emit(self.mapper.data(packet, wall=time.time()))
+        await self._emit(lambda: self.mapper.data(packet, wall=time.time()))
 
     async def _emit_gap(self, bus: str, gap: list[int]) -> None:
         dropped, first, last = gap

@@ -1,7 +1,8 @@
 """Consumer process for ``test_events_throughput``: reads NATS and Kafka and records receive times.
 
 Run as ``python tests/benchmarks/events_consumer.py --nats URL --prefix P --kafka HOST:PORT --topic T
---out DIR``. Prints ``READY`` once subscribed to ``<P>.events.>`` and assigned to every partition of T.
+--out DIR``. Prints ``READY`` once subscribed to ``<P>.events.>`` and assigned to every partition of T;
+then each ``count`` line on stdin is answered with ``COUNT <nats received> <kafka received>``.
 On SIGTERM it writes, per bus (``nats``, ``kafka``), into DIR:
 
 - ``<bus>.recv``: the ``time.time_ns()`` of every message received (int64, native order);
@@ -20,6 +21,7 @@ import array
 import asyncio
 import base64
 import json
+import os
 import re
 import signal
 import sys
@@ -126,16 +128,26 @@ async def _main(args: argparse.Namespace) -> int:
                     if kind is not None:
                         rec.stamp("kafka", record.value, kind, now)
 
+    async def answer() -> None:
+        while True:
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                return
+            if line.strip() == "count":
+                print(f"COUNT {len(rec.recv['nats'])} {len(rec.recv['kafka'])}", flush=True)
+
     reader = asyncio.create_task(read_kafka())
+    answering = asyncio.create_task(answer())
     print("READY", flush=True)
     await stop.wait()
     reader.cancel()
-    await asyncio.gather(reader, return_exceptions=True)
+    answering.cancel()
+    await asyncio.gather(reader, answering, return_exceptions=True)
     await consumer.stop()
     await nc.close()
     rec.dump(Path(args.out))
     print("DONE", flush=True)
-    return 0
+    os._exit(0)  # the stdin reader thread may still be blocked in readline
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Simulator process for ``test_events_throughput``: a SimServer plus a stamped LoadGenerator, driven by stdin.
+"""Simulator process for ``test_events_throughput``: a SimServer and a stamped LoadGenerator, on stdin.
 
 Run as ``python tests/benchmarks/events_sim.py --port P --rooms R --api-key K --api-secret S``. It binds
 127.0.0.1 only (loopback ICE), prints ``READY <port>`` and then obeys one command per stdin line:

@@ -108,3 +108,40 @@ async def test_json_mode_publishes_protobuf_json() -> None:
     assert join.datacontenttype == "application/json"
     parsed = json_format.Parse(join.data, rtc.JoinResponse())
     assert parsed.room.name == "r1"
+
+
+class GatedSink(ListSink):
+    """A sink that holds every emit until the gate opens, like a full ``block`` outbox."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def emit(self, event: CloudEvent) -> None:
+        await self.gate.wait()
+        self.events.append(event)
+
+
+async def test_events_reach_the_sink_in_sequence_order_under_backpressure() -> None:
+    async with running_sim() as (server, scenario):
+        scenario.join("r1", "alice")
+        sink = GatedSink()
+        session = RoomSession(settings=bridge_settings(server, "r1").livekit, room="r1", sink=sink)
+        task = asyncio.create_task(session.run())
+        try:
+            await eventually(lambda: active(server, "r1"), within=15, what="bridge ACTIVE")
+            sink.gate.clear()  # the bus is full: every emit waits
+            for n in range(20):  # signal events (reader) and data events (side task) interleave
+                scenario.speak("r1", {"alice": 0.05 + n / 40})
+                scenario.send_data("r1", "alice", payload=f"d{n}")
+            # The reader is stuck on its first emit; data packets pile up for the side task meanwhile.
+            await eventually(lambda: len(session._side) >= 5, within=10, what="data packets waiting")
+            sink.gate.set()
+            await eventually(lambda: len(sink.of("data.user")) == 20, within=10, what="all data events")
+        finally:
+            sink.gate.set()
+            session.leave()
+            await asyncio.wait_for(task, 10)
+    sequences = [e.sequence for e in sink.events]
+    assert sequences == list(range(1, len(sequences) + 1))
