@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from livekit.protocol import models, rtc
 
 from bridge.events import types
-from bridge.events.cloudevent import JSON, PROTOBUF, CloudEvent, SessionContext
+from bridge.events.cloudevent import JSON, PROTOBUF, CloudEvent, EventType, SessionContext
 from bridge.events.jsonfmt import message_to_json
 
 REDACTED: Final = "REDACTED"
@@ -230,14 +230,24 @@ class EventMapper:
         self.sequence = 0
         self.redacted = 0
 
-    def _next(self) -> int:
+    def _event(
+        self, etype: EventType, message: Message, raw: bytes | None, subject: str | None, wall: float
+    ) -> CloudEvent:
+        """Number and encode one event (``raw``: the message's bytes as received, when usable)."""
         self.sequence += 1
-        return self.sequence
-
-    def _encode(self, message: Message, raw: bytes | None) -> bytes:
         if self.json:
-            return message_to_json(message)
-        return raw if raw is not None else message.SerializeToString()
+            data = message_to_json(message)
+        else:
+            data = raw if raw is not None else message.SerializeToString()
+        return CloudEvent(
+            ctx=self.ctx,
+            etype=etype,
+            sequence=self.sequence,
+            time=rfc3339(wall),
+            data=data,
+            datacontenttype=self.content_type,
+            subject=subject,
+        )
 
     def signal(self, response: rtc.SignalResponse, frame: bytes | None, *, wall: float) -> CloudEvent | None:
         """The event for one SignalResponse (None when filtered out)."""
@@ -265,15 +275,7 @@ class EventMapper:
                 REDACT[kind](message)
                 raw = None
                 self.redacted += 1
-        return CloudEvent(
-            ctx=self.ctx,
-            etype=etype,
-            sequence=self._next(),
-            time=rfc3339(wall),
-            data=self._encode(message, raw),
-            datacontenttype=self.content_type,
-            subject=SIGNAL_SUBJECTS[kind](value),
-        )
+        return self._event(etype, message, raw, SIGNAL_SUBJECTS[kind](value), wall)
 
     def data(self, packet: models.DataPacket, *, wall: float) -> CloudEvent | None:
         """The event for a DataPacket received on a data channel; the subject is its sender."""
@@ -283,16 +285,7 @@ class EventMapper:
         etype = types.DATA[kind]
         if not self.allow(etype.type):
             return None
-        message = getattr(packet, kind)
-        return CloudEvent(
-            ctx=self.ctx,
-            etype=etype,
-            sequence=self._next(),
-            time=rfc3339(wall),
-            data=self._encode(message, None),
-            datacontenttype=self.content_type,
-            subject=packet.participant_identity or None,
-        )
+        return self._event(etype, getattr(packet, kind), None, packet.participant_identity or None, wall)
 
     def bridge(
         self, name: str, message: Message, *, wall: float, subject: str | None = None
@@ -301,12 +294,4 @@ class EventMapper:
         etype = types.BRIDGE[name]
         if not self.allow(etype.type):
             return None
-        return CloudEvent(
-            ctx=self.ctx,
-            etype=etype,
-            sequence=self._next(),
-            time=rfc3339(wall),
-            data=self._encode(message, None),
-            datacontenttype=self.content_type,
-            subject=subject,
-        )
+        return self._event(etype, message, None, subject, wall)

