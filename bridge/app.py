@@ -111,6 +111,19 @@ class Bridge:
         log.info("bridge stopping: leaving %d rooms", leaving)
         await self.supervisor.aclose()
         await self.fanout.aclose(FLUSH_DEADLINE_S)
+        for st in (o.stats() for o in self.outboxes):
+            log.info(
+                "bus %s: %d events published in %d batches, %d dropped; added latency (put -> confirmed) "
+                "p50 %.3f ms p99 %.3f ms max %.3f ms over %d events",
+                st.bus,
+                st.published,
+                st.batches,
+                st.dropped,
+                st.latency_p50_ms,
+                st.latency_p99_ms,
+                st.latency_max_ms,
+                st.latency_count,
+            )
         for publisher in self.publishers:
             await publisher.aclose()
         log.info("bridge stopped")

@@ -16,6 +16,13 @@ dropped), never once per event or per retry. Order: a batch that is retried goes
 everything queued after it, so each room's events leave in the order they were put (delivery is
 at-least-once across a retry: a batch that timed out may have reached the broker).
 
+Added latency: the outbox stamps each event (``time.monotonic()``, in a deque parallel to the queue, so the
+CloudEvent is untouched) when it is put -- :class:`EventFanout` takes one stamp per event for every bus,
+and a ``block`` put that has to wait keeps the stamp of its first attempt -- and, when the broker confirms
+the batch, counts ``now - stamp`` per event into ``Outbox.latency``, a :class:`LatencyHistogram` of fixed
+log-spaced buckets (counts only, no per-event growth). A retried batch keeps its stamps; dropped events
+are not counted.
+
 :class:`EventFanout` puts each event into every outbox; only ``block`` outboxes can make it wait, and only
 until that bus has room.
 """
@@ -25,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -36,7 +44,7 @@ from bridge.bus.base import Publisher
 from bridge.errors import BusError
 from bridge.events.cloudevent import CloudEvent
 
-__all__ = ["EventFanout", "Outbox", "OutboxClosed", "OutboxStats", "Overflow"]
+__all__ = ["EventFanout", "LatencyHistogram", "Outbox", "OutboxClosed", "OutboxStats", "Overflow"]
 
 Overflow = Literal["block", "drop_oldest"]
 OnDrop = Callable[[str, list[CloudEvent]], None]
@@ -44,6 +52,74 @@ OnDrop = Callable[[str, list[CloudEvent]], None]
 log = logging.getLogger("bridge.bus.outbox")
 
 _JITTER: Final = 0.2  # backoff delays are scaled by a random factor in [0.8, 1.0]
+
+
+class LatencyHistogram:
+    """Durations (seconds) counted in fixed log-spaced buckets: bounded memory, O(1) per sample.
+
+    Bucket 0 holds durations ``<= low_s``; bucket ``i`` holds ``(low_s * r**(i-1), low_s * r**i]`` with
+    ``r = 10 ** (1 / per_decade)``; the last bucket also takes everything above ``high_s``. The defaults
+    (1 µs .. 100 s, 20 per decade: 162 buckets) resolve a percentile to within +12 % (a bucket's upper
+    bound is reported, capped at the largest duration seen: an over-estimate, never an under-estimate).
+    """
+
+    __slots__ = ("_counts", "_k", "_low", "_ratio", "count", "max_s", "total_s")
+
+    def __init__(self, *, low_s: float = 1e-6, high_s: float = 100.0, per_decade: int = 20) -> None:
+        if not 0 < low_s < high_s or per_decade < 1:
+            raise ValueError("need 0 < low_s < high_s and per_decade >= 1")
+        self._low = low_s
+        self._k = per_decade / math.log(10)  # bucket index per unit of ln(d / low_s)
+        self._ratio = 10 ** (1 / per_decade)
+        self._counts = [0] * (math.ceil(math.log10(high_s / low_s) * per_decade) + 2)
+        self.count = 0
+        self.max_s = 0.0
+        self.total_s = 0.0
+
+    def record(self, seconds: float) -> None:
+        self.record_since(seconds, (0.0,))
+
+    def record_since(self, now: float, stamps: Iterable[float]) -> None:
+        """Count ``now - t`` for every ``t`` in ``stamps`` (one call per published batch)."""
+        counts, low, k, last, log = self._counts, self._low, self._k, len(self._counts) - 1, math.log
+        n, total, top = 0, 0.0, self.max_s
+        for t in stamps:
+            d = now - t
+            if d > low:
+                i = int(log(d / low) * k) + 1
+                counts[i if i < last else last] += 1
+            else:
+                counts[0] += 1
+            total += d
+            top = max(top, d)
+            n += 1
+        self.count += n
+        self.total_s += total
+        self.max_s = top
+
+    def percentile(self, p: float) -> float:
+        """The duration (seconds) that ``p`` % of the samples do not exceed; 0.0 with no samples."""
+        if not 0 <= p <= 100:
+            raise ValueError("p must be within [0, 100]")
+        if self.count == 0:
+            return 0.0
+        rank = max(1, math.ceil(p / 100 * self.count))  # the rank-th smallest sample (1-based)
+        seen, last = 0, len(self._counts) - 1
+        for i, c in enumerate(self._counts):
+            seen += c
+            if seen >= rank:
+                return self.max_s if i == last else min(self.max_s, self._low * self._ratio**i)
+        return self.max_s  # unreachable: the counts add up to count
+
+    @property
+    def mean_s(self) -> float:
+        return self.total_s / self.count if self.count else 0.0
+
+    def reset(self) -> None:
+        self._counts = [0] * len(self._counts)
+        self.count = 0
+        self.max_s = 0.0
+        self.total_s = 0.0
 
 
 class OutboxClosed(BusError):
@@ -64,6 +140,10 @@ class OutboxStats:
     failed_batches: int
     outage: bool
     last_error: str | None
+    latency_count: int  # events whose put -> broker-confirmed time was counted
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
 
 
 class Outbox:
@@ -110,6 +190,8 @@ class Outbox:
         self._log = logger if logger is not None else log
 
         self._queue: deque[CloudEvent] = deque()
+        self._stamps: deque[float] = deque()  # time.monotonic() at put, parallel to _queue
+        self.latency = LatencyHistogram()  # put -> broker-confirmed, per published event
         self._in_flight = 0
         self._not_empty = asyncio.Event()
         self._not_full = asyncio.Event()
@@ -163,6 +245,7 @@ class Outbox:
         if self._queue:
             left = list(self._queue)
             self._queue.clear()
+            self._stamps.clear()
             self._log.warning(
                 "bus %s: %d events not published before the shutdown deadline; dropped", self.bus, len(left)
             )
@@ -175,8 +258,11 @@ class Outbox:
         """Events held: queued plus the batch being published."""
         return len(self._queue) + self._in_flight
 
-    def put_nowait(self, event: CloudEvent) -> bool:
-        """Queue ``event`` if that needs no waiting; False only for a full ``block`` outbox."""
+    def put_nowait(self, event: CloudEvent, enqueued_at: float | None = None) -> bool:
+        """Queue ``event`` if that needs no waiting; False only for a full ``block`` outbox.
+
+        ``enqueued_at`` (``time.monotonic()``, default now) is where its added latency starts.
+        """
         if self._closed:
             raise OutboxClosed(f"{self.bus}: outbox is closed")
         if self.size >= self.capacity:
@@ -185,18 +271,26 @@ class Outbox:
                 return False
             self._evict(self.size - self.capacity + 1)
         self._queue.append(event)
+        self._stamps.append(time.monotonic() if enqueued_at is None else enqueued_at)
         if self._outage_since is not None:
             self._outage_delayed += 1
         self._not_empty.set()
         return True
 
-    async def put(self, event: CloudEvent) -> None:
-        """Queue ``event``; with ``block`` wait while the outbox is full, with ``drop_oldest`` never wait."""
-        while not self.put_nowait(event):
+    async def put(self, event: CloudEvent, enqueued_at: float | None = None) -> None:
+        """Queue ``event``; with ``block`` wait while the outbox is full, with ``drop_oldest`` never wait.
+
+        The time spent waiting counts as added latency (the stamp is taken before the first attempt).
+        """
+        if enqueued_at is None:
+            enqueued_at = time.monotonic()
+        while not self.put_nowait(event, enqueued_at):
             await self._not_full.wait()
 
     def _evict(self, count: int) -> None:
         evicted = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
+        for _ in evicted:
+            self._stamps.popleft()
         if not self._overflowing:
             self._overflowing = True
             self._overflow_dropped_before = self.dropped
@@ -230,6 +324,7 @@ class Outbox:
                 continue
             n = min(self.max_batch, len(self._queue))
             batch = [self._queue.popleft() for _ in range(n)]
+            stamps = [self._stamps.popleft() for _ in range(n)]
             self._in_flight = n
             try:
                 await self.publisher.publish_batch(batch)
@@ -245,6 +340,7 @@ class Outbox:
                     self._space_freed()
                     continue
                 self._queue.extendleft(reversed(batch))
+                self._stamps.extendleft(reversed(stamps))
                 await self._backoff(attempt, exc)
                 attempt += 1
                 continue
@@ -252,24 +348,30 @@ class Outbox:
                 # A foreign exception is an adapter bug; keep the events and retry rather than lose them.
                 self._in_flight = 0
                 self._queue.extendleft(reversed(batch))
+                self._stamps.extendleft(reversed(stamps))
                 self.last_error = f"{type(exc).__name__} (not translated by the {self.bus} adapter)"
                 if self._outage_since is None:
                     self._log.exception("bus %s: publish raised an untranslated error", self.bus)
                 await self._backoff(attempt, exc)
                 attempt += 1
                 continue
-            self._in_flight = 0
             attempt = 0
-            self.published += n
-            self.batches += 1
-            if self._outage_since is not None:
-                self._end_outage()
-            self._space_freed()
-            if self._on_recover is not None and not self._overflowing and self.size <= self.capacity // 2:
-                try:
-                    self._on_recover(self.bus)
-                except Exception:  # noqa: BLE001 (a callback bug must not stop publishing)
-                    self._log.exception("bus %s: on_recover callback failed", self.bus)
+            self._published(stamps)
+
+    def _published(self, stamps: list[float]) -> None:
+        """Bookkeeping of a confirmed batch (``stamps``: its events' put times)."""
+        self.latency.record_since(time.monotonic(), stamps)
+        self._in_flight = 0
+        self.published += len(stamps)
+        self.batches += 1
+        if self._outage_since is not None:
+            self._end_outage()
+        self._space_freed()
+        if self._on_recover is not None and not self._overflowing and self.size <= self.capacity // 2:
+            try:
+                self._on_recover(self.bus)
+            except Exception:  # noqa: BLE001 (a callback bug must not stop publishing)
+                self._log.exception("bus %s: on_recover callback failed", self.bus)
 
     def _space_freed(self) -> None:
         if self.size < self.capacity:
@@ -334,6 +436,10 @@ class Outbox:
             failed_batches=self.failed_batches,
             outage=self.outage,
             last_error=self.last_error,
+            latency_count=self.latency.count,
+            latency_p50_ms=round(self.latency.percentile(50) * 1e3, 3),
+            latency_p99_ms=round(self.latency.percentile(99) * 1e3, 3),
+            latency_max_ms=round(self.latency.max_s * 1e3, 3),
         )
 
 
@@ -344,10 +450,11 @@ class EventFanout:
         self.outboxes = tuple(outboxes)
 
     async def emit(self, event: CloudEvent) -> None:
+        now = time.monotonic()  # one stamp for every bus: the added latency starts here
         for outbox in self.outboxes:
             # Fast path without a coroutine per bus; only a full block-outbox makes us await.
-            if not outbox.put_nowait(event):
-                await outbox.put(event)
+            if not outbox.put_nowait(event, now):
+                await outbox.put(event, now)
 
     def start(self) -> None:
         for outbox in self.outboxes:

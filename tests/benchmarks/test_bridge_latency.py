@@ -1,0 +1,317 @@
+"""Bridge-ADDED latency at 5,000 events/s (issue 4's "p99 added latency < 10 ms"), next to the e2e latency.
+
+Run by ``make bench`` only. The same real pipeline as ``test_events_throughput`` (its ``events_sim.py``
+and ``events_consumer.py``; nats-server and tansu; the bridge as ``python -m bridge run``), but only two
+phases: a warm-up at 1,000 events/s for 3 s, then 5,000 events/s over 50 rooms for 20 s. Two numbers per
+bus, from the same run:
+
+- **bridge-added**: from the moment an event is put into the bus's outbox (right after its frame was
+  received and mapped; receive -> put is not measured, it is the synchronous decode/map of one frame) to
+  the moment the broker confirmed its batch (Kafka ack / NATS flush PONG). The bridge counts it always,
+  in ``Outbox.latency``, and logs p50/p99/max per bus at shutdown; this test parses that line from the
+  bridge's log. It covers the bridge's whole life: the 3 s warm-up and the join events (~3 % of the
+  samples) are included;
+- **e2e**: simulator send -> consumer receive of the stamped signal events of the 5k/s window (as
+  ``test_events_throughput``), which adds the simulator's send, the broker, the consumer and the
+  scheduling of five processes on this machine's cores.
+
+Variants (parametrized): ``default`` (the bridge's defaults: Kafka ``linger_s`` 5 ms) and ``linger0``
+(Kafka ``linger_s: 0``), to show what the Kafka producer's linger contributes. The numbers are printed and
+written as JSON to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+from bridge.demo_services import free_port
+from support.brokers import KafkaBroker, NatsServer, start_kafka_broker, start_nats_server
+from support.bus_consumers import create_topic
+
+REPO: Final = Path(__file__).resolve().parents[2]
+HERE: Final = Path(__file__).resolve().parent
+API_KEY: Final = "bench-key"
+API_SECRET: Final = "bench-secret-that-is-long-enough-for-hs256"
+IDENTITY: Final = "livekit-bridge"
+ROOMS: Final = 50
+PARTITIONS: Final = 6
+WARMUP_RATE, WARMUP_S = 1000.0, 3.0
+GOAL_RATE, GOAL_S = 5000.0, 20.0
+GOAL_P99_MS: Final = 10.0
+JOIN_DEADLINE_S: Final = 60.0
+
+VARIANTS: Final[dict[str, dict[str, Any]]] = {"default": {}, "linger0": {"linger_s": 0}}
+
+# The bridge's shutdown line per bus (bridge.app.Bridge.aclose).
+ADDED: Final = re.compile(
+    r"bus (\w+): (\d+) events published in (\d+) batches, (\d+) dropped; added latency \(put -> confirmed\) "
+    r"p50 ([\d.]+) ms p99 ([\d.]+) ms max ([\d.]+) ms over (\d+) events"
+)
+# `python -m bridge ...` with loopback-only ICE host candidates (as test_events_throughput).
+LAUNCHER: Final = (
+    "import runpy, sys; from bridge.sim.ice import use_loopback_only; use_loopback_only(); "
+    "sys.argv[0] = 'bridge'; runpy.run_module('bridge', run_name='__main__', alter_sys=True)"
+)
+
+
+def _spawn(args: list[str], log: Path, *, piped: bool) -> subprocess.Popen[bytes]:
+    """``piped``: stdin/stdout are pipes (sim, consumer) and stderr goes to ``log``; else all to ``log``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if piped else sink,
+            stderr=sink if piped else subprocess.STDOUT,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, deadline_s: float) -> int | None:
+    if proc is None:
+        return None
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=deadline_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+                return None
+        return proc.returncode
+    finally:
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def _ask(proc: subprocess.Popen[bytes], command: str | None, prefix: str, timeout_s: float) -> list[str]:
+    """Send ``command`` (if any) and return the fields of the next stdout line starting with ``prefix``."""
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    if command is not None:
+        proc.stdin.write(f"{command}\n".encode())
+        proc.stdin.flush()
+    found: list[list[str]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        while raw := proc.stdout.readline():
+            if (fields := raw.decode().split()) and fields[0] == prefix:
+                found.append(fields)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert found, f"no {prefix!r} from pid {proc.pid} within {timeout_s:.0f} s"
+    return found[0]
+
+
+def _all_active(port: int, names: set[str]) -> bool:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/admin/rooms", headers={"Authorization": f"Bearer {API_SECRET}"}
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:  # loopback only
+        rooms: list[dict[str, Any]] = json.load(response)["rooms"]
+    active = {
+        room["room"].get("name", "")
+        for room in rooms
+        if any(
+            p.get("identity") == IDENTITY and p.get("state") == "ACTIVE" and p.get("connected")
+            for p in room["participants"]
+        )
+    }
+    return names <= active
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def _e2e(path: Path, t0: int, t1: int) -> dict[str, float]:
+    """Send -> receive ms of the stamped signal events sent within [t0, t1)."""
+    triples = array.array("q")
+    triples.frombytes(path.read_bytes())
+    values = sorted(
+        (triples[i + 1] - triples[i]) / 1e6
+        for i in range(0, len(triples), 3)
+        if triples[i + 2] == 0 and t0 <= triples[i] < t1
+    )
+    return {
+        "n": len(values),
+        "p50": round(_pct(values, 0.5), 2),
+        "p99": round(_pct(values, 0.99), 2),
+        "max": round(values[-1], 2) if values else float("nan"),
+    }
+
+
+def _bridge_added(log: Path) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for m in ADDED.finditer(log.read_text(errors="replace")):
+        out[m[1]] = {
+            "published": int(m[2]),
+            "batches": int(m[3]),
+            "dropped": int(m[4]),
+            "p50": float(m[5]),
+            "p99": float(m[6]),
+            "max": float(m[7]),
+            "n": int(m[8]),
+        }
+    return out
+
+
+def _report(config: pytest.Config, text: str) -> None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print(text, flush=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    logs = {name: tmp_path / f"{name}.log" for name in ("sim", "consumer", "bridge")}
+    nats_server: NatsServer | None = None
+    kafka: KafkaBroker | Any = None
+    sim = consumer = bridge = None
+    try:
+        nats_server = start_nats_server()
+        kafka = start_kafka_broker()
+        tag = uuid.uuid4().hex[:8]
+        topic, prefix = f"bench-latency-{tag}", f"bench{tag}"
+        asyncio.run(create_topic(kafka.bootstrap, topic, partitions=PARTITIONS))
+        port = free_port()
+        sim = _spawn(
+            [str(HERE / "events_sim.py"), "--port", str(port), "--rooms", str(ROOMS),
+             "--api-key", API_KEY, "--api-secret", API_SECRET],
+            logs["sim"],
+            piped=True,
+        )  # fmt: skip
+        _ask(sim, None, "READY", 30)
+        out = tmp_path / "consumer"
+        out.mkdir()
+        consumer = _spawn(
+            [str(HERE / "events_consumer.py"), "--nats", nats_server.url, "--prefix", prefix,
+             "--kafka", kafka.bootstrap, "--topic", topic, "--out", str(out)],
+            logs["consumer"],
+            piped=True,
+        )  # fmt: skip
+        _ask(consumer, None, "READY", 30)
+        rooms = {f"load-{i}" for i in range(ROOMS)}
+        config = tmp_path / "bridge.yaml"
+        kafka_section = {
+            "bootstrap_servers": [kafka.bootstrap],
+            "events_topic": topic,
+            "enable_idempotence": False,
+            **VARIANTS[variant],
+        }
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "livekit": {
+                        "url": f"ws://127.0.0.1:{port}",
+                        "api_key": API_KEY,
+                        "api_secret": API_SECRET,
+                        "identity": IDENTITY,
+                    },
+                    "rooms": {"static": sorted(rooms)},
+                    "kafka": kafka_section,
+                    "nats": {"servers": [nats_server.url], "subject_prefix": prefix},
+                    "logging": {"level": "INFO"},
+                }
+            )
+        )
+        bridge = _spawn(["-c", LAUNCHER, "run", "--config", str(config)], logs["bridge"], piped=False)
+        deadline = time.monotonic() + JOIN_DEADLINE_S
+        while True:
+            assert bridge.poll() is None, f"bridge exited:\n{_tail(logs['bridge'])}"
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                if _all_active(port, rooms):
+                    break
+            assert time.monotonic() < deadline, f"rooms not all ACTIVE:\n{_tail(logs['bridge'])}"
+            time.sleep(0.5)  # poll interval
+
+        _ask(sim, f"run {WARMUP_RATE} {WARMUP_S}", "DONE", WARMUP_S + 30)
+        time.sleep(1.0)  # deliberate: the warm-up drains before the measured window
+        done = _ask(sim, f"run {GOAL_RATE} {GOAL_S}", "DONE", GOAL_S + 30)
+        emitted, t0, t1 = int(done[1]), int(done[2]), int(done[3])
+        time.sleep(3.0)  # deliberate: the pipeline drains before the consumer and the bridge stop
+
+        assert _stop(consumer, 60) == 0, _tail(logs["consumer"])
+        consumer = None
+        e2e = {bus: _e2e(out / f"{bus}.lat", t0, t1) for bus in ("nats", "kafka")}
+        code = _stop(bridge, 20)
+        bridge = None
+        assert code == 0, f"bridge exit {code}:\n{_tail(logs['bridge'])}"
+        added = _bridge_added(logs["bridge"])
+    finally:
+        _stop(consumer, 10)
+        _stop(bridge, 20)
+        if sim is not None and sim.stdin is not None:
+            with contextlib.suppress(OSError):
+                sim.stdin.write(b"quit\n")
+                sim.stdin.flush()
+        _stop(sim, 15)
+        if kafka is not None:
+            kafka.close()
+        if nats_server is not None:
+            nats_server.close()
+
+    rate = emitted / ((t1 - t0) / 1e9)
+    lines = [
+        "",
+        f"bridge-added latency ({variant}; kafka {kafka_section}), {rate:,.0f} events/s offered, "
+        f"{ROOMS} rooms, {os.cpu_count()} cores",
+    ]
+    for bus in ("nats", "kafka"):
+        a, e = added.get(bus, {}), e2e[bus]
+        lines.append(
+            f"  {bus:>5}: bridge-added (put -> confirmed, whole run) p50 {a.get('p50', float('nan')):.2f} "
+            f"p99 {a.get('p99', float('nan')):.2f} max {a.get('max', float('nan')):.1f} ms over "
+            f"{a.get('n', 0):.0f} events in {a.get('batches', 0):.0f} batches | e2e signal (5k/s window) "
+            f"p50 {e['p50']:.2f} p99 {e['p99']:.2f} max {e['max']:.1f} ms (n={e['n']})"
+        )
+    worse = max(added.get(bus, {}).get("p99", float("inf")) for bus in ("nats", "kafka"))
+    # Reported, not asserted: on this 2-core machine it is NOT met (NATS ~10-14 ms, Kafka ~32-45 ms).
+    lines.append(
+        f"  goal p99 bridge-added < {GOAL_P99_MS:.0f} ms: {'met' if worse < GOAL_P99_MS else 'NOT MET'}"
+    )
+    path = Path(tempfile.mkdtemp(prefix="bridge-bench-")) / f"bridge_latency_{variant}.json"
+    result = {"variant": variant, "rate": rate, "added_ms": added, "e2e_ms": e2e}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    _report(pytestconfig, "\n".join(lines) + f"\nresults written to {path}")
+
+    for bus in ("nats", "kafka"):
+        assert bus in added, f"no shutdown latency line for {bus}:\n{_tail(logs['bridge'])}"
+        assert added[bus]["dropped"] == 0
+        assert added[bus]["n"] >= emitted, (bus, added[bus], emitted)
+        assert e2e[bus]["n"] > 0
