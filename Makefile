@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint types bench check clean proto proto-check
+.PHONY: install demo test lint types bench check clean proto proto-check schemas schemas-check
 
 install: $(STAMP)
 
@@ -24,6 +24,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory proto-check
+	$(MAKE) --no-print-directory schemas-check
 
 # bridge/_proto is generated from protos/ by the pinned grpcio-tools (dev extra); never edit it by hand.
 proto: install
@@ -32,6 +33,14 @@ proto: install
 # Regenerates into a temp dir and fails, with a diff summary, if bridge/_proto differs from it.
 proto-check: install
 	$(BIN)/python scripts/gen_proto.py --check
+
+# schemas/ is generated from the protobuf descriptors by `livekit-bridge schemas`; never edit it by hand.
+schemas: install
+	$(BIN)/livekit-bridge schemas --out schemas
+
+# Regenerates into a temp dir and fails, with a short diff, if schemas/ differs from it.
+schemas-check: install
+	$(BIN)/livekit-bridge schemas --out schemas --check
 
 types: install
 	$(BIN)/mypy

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help="YAML settings file")
     check = sub.add_parser("check-config", help="validate settings and print them, secrets redacted")
     check.add_argument("--config", type=Path, required=True, help="YAML settings file")
+    schemas = sub.add_parser("schemas", help="generate the JSON Schemas of every event type's data")
+    schemas.add_argument("--out", type=Path, default=Path("schemas"), help="output folder (default schemas)")
+    schemas.add_argument("--check", action="store_true", help="fail with a diff if --out is out of date")
     _sim_parser(sub)
     return parser
 
@@ -129,6 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bridge.config import check_config_main
 
             return check_config_main(args.config, os.environ, sys.stdout)
+        if args.command == "schemas":
+            from bridge import schemas
+
+            if args.check:
+                drift = schemas.check(args.out)
+                for line in drift:
+                    print(line, file=sys.stderr)
+                if drift:
+                    print(f"livekit-bridge: {args.out} is out of date; run `make schemas`", file=sys.stderr)
+                    return 1
+                return 0
+            written = schemas.write(args.out)
+            print(f"wrote {len(written)} files to {args.out}")
+            return 0
         if args.command == "sim":
             with contextlib.suppress(KeyboardInterrupt):
                 return asyncio.run(_run_sim(args))
