@@ -166,8 +166,7 @@ class EmbeddedNats(ServiceProcess):
         return f"nats://{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
-        store = self.workdir / "jetstream"
-        return [str(self.binary), "-a", HOST, "-p", str(self.port), "-js", "-sd", str(store), "-n", "demo"]
+        return nats_argv(self.binary, self.port, self.workdir / "jetstream", "demo")
 
     def probe(self, timeout: float) -> bool:
         """Ready = the server greets with an INFO line announcing JetStream."""
@@ -186,29 +185,46 @@ class EmbeddedTansu(ServiceProcess):
         return f"{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
-        listener = f"tcp://{HOST}:{self.port}"
-        return [
-            str(self.binary),
-            "broker",
-            "--listener-url", listener,
-            "--advertised-listener-url", listener,
-            "--storage-engine", "memory://tansu/",
-        ]  # fmt: skip
+        return tansu_argv(self.binary, self.port)
 
     def extra_env(self) -> dict[str, str]:
-        return {"NO_COLOR": "1"}
+        return {"NO_COLOR": "1"}  # plain log lines (tracing's ANSI colours otherwise)
 
     def probe(self, timeout: float) -> bool:
         """Ready = an ``ApiVersions`` v0 request is answered with error code 0."""
-        correlation = 0x5EED
-        client = b"livekit-bridge-demo"
-        body = struct.pack(">hhih", 18, 0, correlation, len(client)) + client
-        with socket.create_connection((HOST, self.port), timeout=timeout) as sock:
-            sock.sendall(struct.pack(">i", len(body)) + body)
-            size = struct.unpack(">i", _recv_exact(sock, 4))[0]
-            payload = _recv_exact(sock, size)
-        got, error = struct.unpack(">ih", payload[:6])
-        return bool(got == correlation and error == 0)
+        return kafka_api_versions(HOST, self.port, timeout) == 0
+
+
+def nats_argv(binary: Path, port: int, store: Path, name: str) -> list[str]:
+    """``nats-server`` on loopback with JetStream, its store in ``store``."""
+    return [str(binary), "-a", HOST, "-p", str(port), "-js", "-sd", str(store), "-n", name]
+
+
+def tansu_argv(binary: Path, port: int) -> list[str]:
+    """``tansu broker`` on loopback with in-memory storage."""
+    listener = f"tcp://{HOST}:{port}"
+    return [
+        str(binary),
+        "broker",
+        "--listener-url", listener,
+        "--advertised-listener-url", listener,
+        "--storage-engine", "memory://tansu/",
+    ]  # fmt: skip
+
+
+def kafka_api_versions(host: str, port: int, timeout: float) -> int:
+    """Send a Kafka ``ApiVersions`` v0 request; the answer's error code (OSError if none came)."""
+    correlation = 0x5EED
+    client = b"livekit-bridge"
+    body = struct.pack(">hhih", 18, 0, correlation, len(client)) + client
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+        payload = _recv_exact(sock, size)
+    got, error = struct.unpack(">ih", payload[:6])
+    if got != correlation:
+        raise OSError(f"ApiVersions answered with correlation id {got}")
+    return int(error)
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import tempfile
 import time
@@ -266,14 +265,7 @@ class NatsServer(BrokerProcess):
         return f"nats://{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
-        return [
-            str(self.binary),
-            "-a", HOST,
-            "-p", str(self.port),
-            "-js",
-            "-sd", str(self.store_dir),
-            "-n", f"test-{self.port}",
-        ]  # fmt: skip
+        return services.nats_argv(self.binary, self.port, self.store_dir, f"test-{self.port}")
 
     def probe(self, timeout: float) -> None:
         """Ready = the INFO line says JetStream is on and ``$JS.API.INFO`` answers without error."""
@@ -327,29 +319,10 @@ def start_nats_server(
 
 
 def kafka_api_versions(host: str, port: int, timeout: float) -> None:
-    """Send ``ApiVersions`` v0 and require an answer with error_code 0 (raises OSError/_NotReadyError)."""
-    correlation_id = 0x5EED
-    client_id = b"bridge-tests"
-    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(struct.pack(">i", len(body)) + body)
-        size = struct.unpack(">i", _recv_exact(sock, 4))[0]
-        payload = _recv_exact(sock, size)
-    got_id, error_code = struct.unpack(">ih", payload[:6])
-    if got_id != correlation_id:
-        raise _NotReadyError(f"ApiVersions answered with correlation id {got_id}")
+    """``ApiVersions`` v0 must be answered with error_code 0 (raises OSError/_NotReadyError)."""
+    error_code = services.kafka_api_versions(host, port, timeout)
     if error_code != 0:
         raise _NotReadyError(f"ApiVersions answered with error code {error_code}")
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            raise _NotReadyError("connection closed mid-response")
-        chunks += chunk
-    return bytes(chunks)
 
 
 class KafkaBroker(BrokerProcess):
@@ -369,14 +342,7 @@ class KafkaBroker(BrokerProcess):
         return f"{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
-        listener = f"tcp://{HOST}:{self.port}"
-        return [
-            str(self.binary),
-            "broker",
-            "--listener-url", listener,
-            "--advertised-listener-url", listener,
-            "--storage-engine", "memory://tansu/",
-        ]  # fmt: skip
+        return services.tansu_argv(self.binary, self.port)
 
     def extra_env(self) -> dict[str, str]:
         return {"NO_COLOR": "1"}  # plain log lines (tracing's ANSI colours otherwise)
