@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,14 +43,11 @@ import pytest
 import yaml
 
 from bridge.demo_services import free_port
+from support.bench import API_KEY, API_SECRET, IDENTITY, LAUNCHER, REPO, report, stop, tail
 from support.brokers import KafkaBroker, NatsServer, start_kafka_broker, start_nats_server
 from support.bus_consumers import create_topic
 
-REPO: Final = Path(__file__).resolve().parents[2]
 HERE: Final = Path(__file__).resolve().parent
-API_KEY: Final = "bench-key"
-API_SECRET: Final = "bench-secret-that-is-long-enough-for-hs256"
-IDENTITY: Final = "livekit-bridge"
 ROOMS: Final = 50
 PARTITIONS: Final = 6
 WARMUP_RATE, WARMUP_S = 1000.0, 3.0
@@ -67,10 +63,6 @@ ADDED: Final = re.compile(
     r"p50 ([\d.]+) ms p99 ([\d.]+) ms max ([\d.]+) ms over (\d+) events"
 )
 # `python -m bridge ...` with loopback-only ICE host candidates (as test_events_throughput).
-LAUNCHER: Final = (
-    "import runpy, sys; from bridge.sim.ice import use_loopback_only; use_loopback_only(); "
-    "sys.argv[0] = 'bridge'; runpy.run_module('bridge', run_name='__main__', alter_sys=True)"
-)
 
 
 def _spawn(args: list[str], log: Path, *, piped: bool) -> subprocess.Popen[bytes]:
@@ -85,32 +77,6 @@ def _spawn(args: list[str], log: Path, *, piped: bool) -> subprocess.Popen[bytes
             stdout=subprocess.PIPE if piped else sink,
             stderr=sink if piped else subprocess.STDOUT,
         )
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, deadline_s: float) -> int | None:
-    if proc is None:
-        return None
-    try:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=deadline_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-                return None
-        return proc.returncode
-    finally:
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    return ""
 
 
 def _ask(proc: subprocess.Popen[bytes], command: str | None, prefix: str, timeout_s: float) -> list[str]:
@@ -189,12 +155,6 @@ def _bridge_added(log: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def _report(config: pytest.Config, text: str) -> None:
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-        print(text, flush=True)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -253,11 +213,11 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
         bridge = _spawn(["-c", LAUNCHER, "run", "--config", str(config)], logs["bridge"], piped=False)
         deadline = time.monotonic() + JOIN_DEADLINE_S
         while True:
-            assert bridge.poll() is None, f"bridge exited:\n{_tail(logs['bridge'])}"
+            assert bridge.poll() is None, f"bridge exited:\n{tail(logs['bridge'])}"
             with contextlib.suppress(OSError, urllib.error.URLError):
                 if _all_active(port, rooms):
                     break
-            assert time.monotonic() < deadline, f"rooms not all ACTIVE:\n{_tail(logs['bridge'])}"
+            assert time.monotonic() < deadline, f"rooms not all ACTIVE:\n{tail(logs['bridge'])}"
             time.sleep(0.5)  # poll interval
 
         _ask(sim, f"run {WARMUP_RATE} {WARMUP_S}", "DONE", WARMUP_S + 30)
@@ -266,21 +226,21 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
         emitted, t0, t1 = int(done[1]), int(done[2]), int(done[3])
         time.sleep(3.0)  # deliberate: the pipeline drains before the consumer and the bridge stop
 
-        assert _stop(consumer, 60) == 0, _tail(logs["consumer"])
+        assert stop(consumer, deadline_s=60) == 0, tail(logs["consumer"])
         consumer = None
         e2e = {bus: _e2e(out / f"{bus}.lat", t0, t1) for bus in ("nats", "kafka")}
-        code = _stop(bridge, 20)
+        code = stop(bridge, deadline_s=20)
         bridge = None
-        assert code == 0, f"bridge exit {code}:\n{_tail(logs['bridge'])}"
+        assert code == 0, f"bridge exit {code}:\n{tail(logs['bridge'])}"
         added = _bridge_added(logs["bridge"])
     finally:
-        _stop(consumer, 10)
-        _stop(bridge, 20)
+        stop(consumer, deadline_s=10)
+        stop(bridge, deadline_s=20)
         if sim is not None and sim.stdin is not None:
             with contextlib.suppress(OSError):
                 sim.stdin.write(b"quit\n")
                 sim.stdin.flush()
-        _stop(sim, 15)
+        stop(sim, deadline_s=15)
         if kafka is not None:
             kafka.close()
         if nats_server is not None:
@@ -308,10 +268,10 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
     path = Path(tempfile.mkdtemp(prefix="bridge-bench-")) / f"bridge_latency_{variant}.json"
     result = {"variant": variant, "rate": rate, "added_ms": added, "e2e_ms": e2e}
     path.write_text(json.dumps(result, indent=2) + "\n")
-    _report(pytestconfig, "\n".join(lines) + f"\nresults written to {path}")
+    report(pytestconfig, "\n".join(lines) + f"\nresults written to {path}")
 
     for bus in ("nats", "kafka"):
-        assert bus in added, f"no shutdown latency line for {bus}:\n{_tail(logs['bridge'])}"
+        assert bus in added, f"no shutdown latency line for {bus}:\n{tail(logs['bridge'])}"
         assert added[bus]["dropped"] == 0
         assert added[bus]["n"] >= emitted, (bus, added[bus], emitted)
         assert e2e[bus]["n"] > 0

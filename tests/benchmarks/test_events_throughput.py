@@ -47,7 +47,6 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,17 +62,25 @@ import pytest
 import yaml
 
 from bridge.demo_services import free_port
+from support.bench import (
+    API_KEY,
+    API_SECRET,
+    IDENTITY,
+    REPO,
+    active_rooms,
+    cpu_seconds,
+    pct,
+    report,
+    rss_mb,
+    stop,
+    tail,
+)
 from support.brokers import KafkaBroker, NatsServer, start_kafka_broker, start_nats_server
 from support.bus_consumers import create_topic
 
-REPO: Final = Path(__file__).resolve().parents[2]
 HERE: Final = Path(__file__).resolve().parent
-API_KEY: Final = "bench-key"
-API_SECRET: Final = "bench-secret-that-is-long-enough-for-hs256"
-IDENTITY: Final = "livekit-bridge"
 ROOMS: Final = 50
 PARTITIONS: Final = 6
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 GOAL_RATE: Final = 5000.0
 GOAL_WINDOW_S: Final = 20.0
@@ -139,18 +146,6 @@ class Results:
     ratios: dict[str, float] = field(default_factory=dict)
     goals: dict[str, str] = field(default_factory=dict)  # goal -> "met (value)" / "NOT MET (value)"
     wall_s: float = 0.0
-
-
-def _report(config: pytest.Config, text: str) -> None:
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-        print(text, flush=True)
-
-
-def _pct(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def _table(r: Results) -> str:
@@ -236,33 +231,6 @@ def _spawn_logged(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, *, deadline_s: float) -> int | None:
-    """SIGTERM, then SIGKILL after ``deadline_s``; the SIGTERM's exit code (None: killed or never started)."""
-    if proc is None:
-        return None
-    try:
-        if proc.poll() is not None:
-            return proc.returncode
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=deadline_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-            return None
-    finally:
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
 def _read_line(proc: subprocess.Popen[bytes], prefix: str, timeout_s: float, log: Path) -> list[str]:
     """The next stdout line of ``proc`` starting with ``prefix`` (its fields), within ``timeout_s``."""
     assert proc.stdout is not None
@@ -286,48 +254,18 @@ def _read_line(proc: subprocess.Popen[bytes], prefix: str, timeout_s: float, log
     reader.start()
     reader.join(max(0.0, deadline - time.monotonic()))
     if not result:
-        raise AssertionError(f"no {prefix!r} from pid {proc.pid} within {timeout_s:.0f} s:\n{_tail(log)}")
+        raise AssertionError(f"no {prefix!r} from pid {proc.pid} within {timeout_s:.0f} s:\n{tail(log)}")
     return result[0]
-
-
-def _cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"VmRSS not in /proc/{pid}/status")
-
-
-def _active_rooms(port: int, names: set[str]) -> set[str]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/admin/rooms", headers={"Authorization": f"Bearer {API_SECRET}"}
-    )
-    with urllib.request.urlopen(request, timeout=20) as response:  # loopback only
-        rooms: list[dict[str, Any]] = json.load(response)["rooms"]
-    active: set[str] = set()
-    for room in rooms:
-        name = room["room"].get("name", "")
-        if name in names and any(
-            p.get("identity") == IDENTITY and p.get("state") == "ACTIVE" and p.get("connected")
-            for p in room["participants"]
-        ):
-            active.add(name)
-    return active
 
 
 def _wait_all_active(port: int, names: set[str], bridge: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + JOIN_DEADLINE_S
     while True:
-        assert bridge.poll() is None, f"bridge exited with {bridge.returncode}:\n{_tail(log)}"
+        assert bridge.poll() is None, f"bridge exited with {bridge.returncode}:\n{tail(log)}"
         with contextlib.suppress(OSError, urllib.error.URLError):
-            if _active_rooms(port, names) == names:
+            if active_rooms(port, names) == names:
                 return
-        assert time.monotonic() < deadline, f"rooms not all ACTIVE in {JOIN_DEADLINE_S:.0f} s:\n{_tail(log)}"
+        assert time.monotonic() < deadline, f"rooms not all ACTIVE in {JOIN_DEADLINE_S:.0f} s:\n{tail(log)}"
         time.sleep(0.5)  # poll interval
 
 
@@ -370,18 +308,18 @@ def _analyse(phase: Phase, t0: int, t1: int, recv: dict[str, list[int]], lat: di
                 continue
             phase.latency_ms[f"{bus}/{name}"] = {
                 "n": len(values),
-                "p50": round(_pct(values, 0.50), 2),
-                "p99": round(_pct(values, 0.99), 2),
+                "p50": round(pct(values, 0.50), 2),
+                "p99": round(pct(values, 0.99), 2),
                 "max": round(values[-1], 2),
             }
             if kind == 0:
                 third = max(1, len(samples) // 3)
                 first = sorted(v for _, v in samples[:third])
                 last = sorted(v for _, v in samples[-third:])
-                phase.latency_growth[bus] = round(_pct(last, 0.5) / max(1e-3, _pct(first, 0.5)), 2)
-                if _pct(values, 0.99) >= SUSTAINED_P99_MS:
+                phase.latency_growth[bus] = round(pct(last, 0.5) / max(1e-3, pct(first, 0.5)), 2)
+                if pct(values, 0.99) >= SUSTAINED_P99_MS:
                     why.append(f"{bus}-p99")
-                if _pct(last, 0.5) > 2 * _pct(first, 0.5) + 5:
+                if pct(last, 0.5) > 2 * pct(first, 0.5) + 5:
                     why.append(f"{bus}-growing")
         if "signal" not in {k.split("/")[1] for k in phase.latency_ms if k.startswith(bus)}:
             why.append(f"{bus}-no-samples")
@@ -656,14 +594,14 @@ def _run_phase(
     sim, consumer, bridge_pid = procs["sim"], procs["consumer"], procs["bridge"].pid
     assert sim.stdin is not None
     before = _count(consumer, logs["consumer"])
-    cpu0 = _cpu_seconds(bridge_pid)
-    other0 = {k: _cpu_seconds(pid) for k, pid in others.items()}
+    cpu0 = cpu_seconds(bridge_pid)
+    other0 = {k: cpu_seconds(pid) for k, pid in others.items()}
     w0 = time.monotonic()
     sim.stdin.write(f"run {rate} {seconds}\n".encode())
     sim.stdin.flush()
     fields = _read_line(sim, "DONE", seconds + 30, logs["sim"])
-    cpu1 = _cpu_seconds(bridge_pid)
-    other1 = {k: _cpu_seconds(pid) for k, pid in others.items()}
+    cpu1 = cpu_seconds(bridge_pid)
+    other1 = {k: cpu_seconds(pid) for k, pid in others.items()}
     w1 = time.monotonic()
     after = _count(consumer, logs["consumer"])
     emitted, t0, t1, sim_cpu = int(fields[1]), int(fields[2]), int(fields[3]), float(fields[4])
@@ -677,7 +615,7 @@ def _run_phase(
         sim_cpu_percent=round(100 * sim_cpu / window, 1),
         bridge_cpu_percent=round(100 * (cpu1 - cpu0) / (w1 - w0), 1),
         bridge_us_per_event=round((cpu1 - cpu0) * 1e6 / max(1, emitted), 1),
-        bridge_rss_mb=round(_rss_mb(bridge_pid), 1),
+        bridge_rss_mb=round(rss_mb(bridge_pid), 1),
         other_cpu_percent={k: round(100 * (other1[k] - other0[k]) / (w1 - w0), 1) for k in others},
     )
     time.sleep(DRAIN_S)  # deliberate: the pipeline drains before the next phase
@@ -788,10 +726,10 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
             ):
                 break
         _drain(consumer, consumer_log)
-        assert bridge.poll() is None, f"bridge exited during the run:\n{_tail(bridge_log)}"
+        assert bridge.poll() is None, f"bridge exited during the run:\n{tail(bridge_log)}"
 
-        code = _stop(consumer, deadline_s=60)
-        assert code == 0, f"consumer exit {code}:\n{_tail(consumer_log)}"
+        code = stop(consumer, deadline_s=60)
+        assert code == 0, f"consumer exit {code}:\n{tail(consumer_log)}"
         consumer = None
         recv = {bus: sorted(_load_array(out / f"{bus}.recv")) for bus in ("nats", "kafka")}
         lat = {bus: list(_load_array(out / f"{bus}.lat")) for bus in ("nats", "kafka")}
@@ -804,15 +742,15 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
             for bus, sessions in seqs.items()
         }
 
-        code = _stop(bridge, deadline_s=STOP_DEADLINE_S)
-        assert code == 0, f"bridge exit code {code} after SIGTERM:\n{_tail(bridge_log)}"
+        code = stop(bridge, deadline_s=STOP_DEADLINE_S)
+        assert code == 0, f"bridge exit code {code} after SIGTERM:\n{tail(bridge_log)}"
         results.bridge_reconnects = bridge_log.read_text(errors="replace").count("signal lost")
         bridge = None
         if sim.stdin is not None:
             with contextlib.suppress(OSError):
                 sim.stdin.write(b"quit\n")
                 sim.stdin.flush()
-        _stop(sim, deadline_s=15)
+        stop(sim, deadline_s=15)
         sim = None
 
         # References on the same brokers, with nothing else running.
@@ -823,9 +761,9 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
             asyncio.run(_lean(frames, kafka.bootstrap, ref_topic, nats_server.url, "ref"))
         )
     finally:
-        _stop(consumer, deadline_s=10)
-        _stop(bridge, deadline_s=STOP_DEADLINE_S)
-        _stop(sim, deadline_s=15)
+        stop(consumer, deadline_s=10)
+        stop(bridge, deadline_s=STOP_DEADLINE_S)
+        stop(sim, deadline_s=15)
         if kafka is not None:
             kafka.close()
         if nats_server is not None:
@@ -864,7 +802,7 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
     out_dir = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     path = out_dir / "events_throughput.json"
     path.write_text(json.dumps(asdict(results), indent=2) + "\n")
-    _report(pytestconfig, _table(results) + f"\nresults written to {path}")
+    report(pytestconfig, _table(results) + f"\nresults written to {path}")
 
     # Robust facts: complete delivery and the goal rate kept up with.
     assert results.sequence_gaps == {"nats": 0, "kafka": 0}, results.sequence_gaps

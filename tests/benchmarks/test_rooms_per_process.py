@@ -24,11 +24,8 @@ printed); nothing is written into the repository.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,15 +35,27 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pytest
 import yaml
 
-REPO: Final = Path(__file__).resolve().parents[2]
-API_KEY: Final = "bench-key"
-API_SECRET: Final = "bench-secret-that-is-long-enough-for-hs256"
-IDENTITY: Final = "livekit-bridge"
+from bridge.demo_services import free_port
+from support.bench import (
+    API_KEY,
+    API_SECRET,
+    IDENTITY,
+    LAUNCHER,
+    REPO,
+    active_rooms,
+    admin_rooms,
+    cpu_seconds,
+    report,
+    status_value,
+    stop,
+    tail,
+)
+
 KNOBS_ENV: Final = "BRIDGE_SCALING_KNOBS"
 
 CPU_GOAL_PERCENT: Final = 25.0
@@ -54,13 +63,8 @@ RSS_GOAL_MB: Final = 2048.0
 SETTLE_S: Final = 5.0  # after the last join: let setup work (answers, GC) drain before measuring
 JOIN_DEADLINE_S: Final = 150.0
 STOP_DEADLINE_S: Final = 30.0
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 # `python -m bridge ...`, but with loopback-only ICE host candidates (see the module docstring).
-LAUNCHER: Final = (
-    "import runpy, sys; from bridge.sim.ice import use_loopback_only; use_loopback_only(); "
-    "sys.argv[0] = 'bridge'; runpy.run_module('bridge', run_name='__main__', alter_sys=True)"
-)
 
 
 @dataclass
@@ -86,7 +90,7 @@ def results(pytestconfig: pytest.Config) -> Iterator[list[Result]]:
     out_dir = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     out = out_dir / "rooms_per_process.json"
     out.write_text(json.dumps([asdict(r) for r in collected], indent=2) + "\n")
-    _report(pytestconfig, _table(collected) + f"\nresults written to {out}")
+    report(pytestconfig, _table(collected) + f"\nresults written to {out}")
 
 
 def _table(rows: list[Result]) -> str:
@@ -107,20 +111,7 @@ def _table(rows: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _report(config: pytest.Config, text: str) -> None:
-    # Past pytest's output capture (fd-level by default): the numbers are the point of the run.
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-        print(text, flush=True)
-
-
 # ------------------------------------------------------------------------------------------ processes
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spawn(args: list[str], log: Path, *, knobs: bool) -> subprocess.Popen[bytes]:
@@ -136,39 +127,7 @@ def _spawn(args: list[str], log: Path, *, knobs: bool) -> subprocess.Popen[bytes
         )
 
 
-def _stop(proc: subprocess.Popen[bytes], *, deadline_s: float) -> int | None:
-    """SIGTERM, then SIGKILL after ``deadline_s``; returns the exit code of the SIGTERM (None: killed)."""
-    if proc.poll() is not None:
-        return proc.returncode
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=deadline_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-        return None
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
 # ------------------------------------------------------------------------------------------ /proc
-
-
-def _cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; utime/stime are fields 14/15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _status_value(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{key} not in /proc/{pid}/status")
 
 
 def _fd_count(pid: int) -> int:
@@ -178,37 +137,16 @@ def _fd_count(pid: int) -> int:
 # ------------------------------------------------------------------------------------------ simulator
 
 
-def _admin_rooms(port: int) -> list[dict[str, Any]]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/admin/rooms", headers={"Authorization": f"Bearer {API_SECRET}"}
-    )
-    with urllib.request.urlopen(request, timeout=20) as response:  # loopback only
-        rooms: list[dict[str, Any]] = json.load(response)["rooms"]
-    return rooms
-
-
-def _active_rooms(port: int, names: set[str]) -> set[str]:
-    active: set[str] = set()
-    for room in _admin_rooms(port):
-        name = room["room"].get("name", "")
-        if name in names and any(
-            p.get("identity") == IDENTITY and p.get("state") == "ACTIVE" and p.get("connected")
-            for p in room["participants"]
-        ):
-            active.add(name)
-    return active
-
-
 def _wait_for_admin(port: int, sim: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
-        assert sim.poll() is None, f"simulator exited with {sim.returncode}:\n{_tail(log)}"
+        assert sim.poll() is None, f"simulator exited with {sim.returncode}:\n{tail(log)}"
         try:
-            _admin_rooms(port)
+            admin_rooms(port)
             return
         except (OSError, urllib.error.URLError):
             if time.monotonic() >= deadline:
-                raise AssertionError(f"simulator admin API not up within 30 s:\n{_tail(log)}") from None
+                raise AssertionError(f"simulator admin API not up within 30 s:\n{tail(log)}") from None
         time.sleep(0.2)  # poll interval
 
 
@@ -218,13 +156,13 @@ def _wait_all_active(
     deadline = start + JOIN_DEADLINE_S
     active: set[str] = set()
     while True:
-        assert bridge.poll() is None, f"bridge exited with {bridge.returncode}:\n{_tail(log)}"
-        active = _active_rooms(port, names)
+        assert bridge.poll() is None, f"bridge exited with {bridge.returncode}:\n{tail(log)}"
+        active = active_rooms(port, names)
         if active == names:
             return time.monotonic() - start
         if time.monotonic() >= deadline:
             raise AssertionError(
-                f"only {len(active)}/{len(names)} rooms ACTIVE after {JOIN_DEADLINE_S:.0f} s:\n{_tail(log)}"
+                f"only {len(active)}/{len(names)} rooms ACTIVE after {JOIN_DEADLINE_S:.0f} s:\n{tail(log)}"
             )
         time.sleep(0.5)  # poll interval (each poll lists every room)
 
@@ -233,7 +171,7 @@ def _wait_all_active(
 
 
 def _measure(n: int, *, knobs: bool, window_s: float, work: Path) -> Result:
-    port = _free_port()
+    port = free_port()
     rooms = [f"bench-{i:04d}" for i in range(n)]
     config = work / "bridge.yaml"
     config.write_text(
@@ -275,19 +213,19 @@ def _measure(n: int, *, knobs: bool, window_s: float, work: Path) -> Result:
         # Settling, then the idle window itself: deliberate waits, not synchronisation.
         time.sleep(SETTLE_S)
         pid = bridge.pid
-        cpu0, sim0, t0 = _cpu_seconds(pid), _cpu_seconds(sim.pid), time.monotonic()
+        cpu0, sim0, t0 = cpu_seconds(pid), cpu_seconds(sim.pid), time.monotonic()
         time.sleep(window_s)
-        cpu1, sim1, t1 = _cpu_seconds(pid), _cpu_seconds(sim.pid), time.monotonic()
-        rss_kb = _status_value(pid, "VmRSS")
-        threads = _status_value(pid, "Threads")
+        cpu1, sim1, t1 = cpu_seconds(pid), cpu_seconds(sim.pid), time.monotonic()
+        rss_kb = status_value(pid, "VmRSS")
+        threads = status_value(pid, "Threads")
         fds = _fd_count(pid)
 
-        assert bridge.poll() is None, f"bridge exited during the window:\n{_tail(bridge_log)}"
-        still = _active_rooms(port, set(rooms))
+        assert bridge.poll() is None, f"bridge exited during the window:\n{tail(bridge_log)}"
+        still = active_rooms(port, set(rooms))
         assert still == set(rooms), f"{n - len(still)} rooms not ACTIVE after the idle window"
 
-        code = _stop(bridge, deadline_s=STOP_DEADLINE_S)
-        assert code == 0, f"bridge exit code {code} after SIGTERM (None: killed):\n{_tail(bridge_log)}"
+        code = stop(bridge, deadline_s=STOP_DEADLINE_S)
+        assert code == 0, f"bridge exit code {code} after SIGTERM (None: killed):\n{tail(bridge_log)}"
         return Result(
             n=n,
             knobs=knobs,
@@ -302,8 +240,8 @@ def _measure(n: int, *, knobs: bool, window_s: float, work: Path) -> Result:
         )
     finally:
         if bridge is not None:
-            _stop(bridge, deadline_s=STOP_DEADLINE_S)
-        _stop(sim, deadline_s=15)
+            stop(bridge, deadline_s=STOP_DEADLINE_S)
+        stop(sim, deadline_s=15)
 
 
 CASES: Final = [
@@ -324,7 +262,7 @@ def test_rooms_per_process(
     window_s = 30.0 if n >= 500 else 15.0
     result = _measure(n, knobs=knobs, window_s=window_s, work=tmp_path)
     results.append(result)
-    _report(pytestconfig, _table([result]))
+    report(pytestconfig, _table([result]))
     if n == 1000 and knobs:
         assert result.cpu_percent < CPU_GOAL_PERCENT, f"idle CPU {result.cpu_percent}% of one core"
         assert result.rss_mb < RSS_GOAL_MB, f"RSS {result.rss_mb} MB"

@@ -1,0 +1,107 @@
+"""What the benchmarks share: credentials, the loopback launcher, process control and /proc readings."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+REPO: Final = Path(__file__).resolve().parents[2]
+API_KEY: Final = "bench-key"
+API_SECRET: Final = "bench-secret-that-is-long-enough-for-hs256"
+IDENTITY: Final = "livekit-bridge"
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+# ``python -c LAUNCHER <args>`` runs ``python -m bridge <args>`` with ICE restricted to 127.0.0.1.
+LAUNCHER: Final = (
+    "import runpy, sys; from bridge.sim.ice import use_loopback_only; use_loopback_only(); "
+    "sys.argv[0] = 'bridge'; runpy.run_module('bridge', run_name='__main__', alter_sys=True)"
+)
+
+
+def report(config: pytest.Config, text: str) -> None:
+    """Print past pytest's output capture (fd-level by default): the numbers are the point of the run."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print(text, flush=True)
+
+
+def pct(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile of already sorted values (nan when empty)."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def stop(proc: subprocess.Popen[bytes] | None, *, deadline_s: float) -> int | None:
+    """SIGTERM, then SIGKILL after ``deadline_s``; the SIGTERM's exit code (None: killed or never started)."""
+    if proc is None:
+        return None
+    try:
+        if proc.poll() is not None:
+            return proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=deadline_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            return None
+    finally:
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; utime/stime are fields 14/15
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_value(pid: int, key: str) -> int:
+    """A number from /proc/PID/status (``VmRSS`` in kB, ``Threads``…)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{key} not in /proc/{pid}/status")
+
+
+def rss_mb(pid: int) -> float:
+    return status_value(pid, "VmRSS") / 1024
+
+
+def admin_rooms(port: int) -> list[dict[str, Any]]:
+    """The simulator's rooms and participants, from its admin API."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/admin/rooms", headers={"Authorization": f"Bearer {API_SECRET}"}
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:  # loopback only
+        rooms: list[dict[str, Any]] = json.load(response)["rooms"]
+    return rooms
+
+
+def active_rooms(port: int, names: set[str]) -> set[str]:
+    """Which of ``names`` have the bridge connected and ACTIVE."""
+    active: set[str] = set()
+    for room in admin_rooms(port):
+        name = room["room"].get("name", "")
+        if name in names and any(
+            p.get("identity") == IDENTITY and p.get("state") == "ACTIVE" and p.get("connected")
+            for p in room["participants"]
+        ):
+            active.add(name)
+    return active
