@@ -43,6 +43,7 @@ from bridge.errors import ConfigError
 
 __all__ = [
     "REDACTED",
+    "CommandsSettings",
     "EventsSettings",
     "HttpSettings",
     "KafkaSettings",
@@ -239,6 +240,33 @@ class EventsSettings(_Section):
         )
 
 
+def _command_types(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    from bridge.commands.model import allowed_types  # pure; imported late to keep config light
+
+    return tuple(sorted(allowed_types(names)))  # ValueError names the entry
+
+
+class CommandsSettings(_Section):
+    """How commands from the buses are checked and applied."""
+
+    enabled: Flag = True
+    # Command types accepted: ``mute``, ``bridge.send_data`` or full types. None (absent): every
+    # type but transport plumbing, which can never be allowed.
+    allowed: Annotated[Texts | None, AfterValidator(_command_types)] = None
+    max_bytes: Count = 256 * 1024
+    response_timeout_s: Seconds = 5.0  # how long to wait for LiveKit's answer before ``failed/timeout``
+    dedup_window_s: Seconds = 600.0
+    dedup_max_ids: Count = 100_000
+    max_in_flight: Count = 1_000  # commands received and not yet settled; fetching pauses beyond it
+
+    def allowed_set(self) -> frozenset[str]:
+        from bridge.commands.model import DEFAULT_ALLOWED
+
+        return DEFAULT_ALLOWED if self.allowed is None else frozenset(self.allowed)
+
+
 _KAFKA_TOPIC: Final = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 KafkaTopic = Annotated[str, Field(strict=True, pattern=_KAFKA_TOPIC.pattern)]
 _SASL: Final = ("SASL_PLAINTEXT", "SASL_SSL")
@@ -252,6 +280,9 @@ class KafkaSettings(_Section):
     events_topic: KafkaTopic = "livekit.events"
     commands_topic: KafkaTopic = "livekit.commands"
     dead_letter_topic: KafkaTopic = "livekit.commands.dlq"
+    commands_group_id: Text = "livekit-bridge"
+    commands_offset_reset: Literal["latest", "earliest"] = "latest"  # for a group with no commit yet
+    commit_interval_s: Seconds = 0.2
     enable_idempotence: Flag = True
     acks: Literal["all", 0, 1] = "all"
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
@@ -300,6 +331,8 @@ class NatsSettings(_Section):
     subject_prefix: Text = "livekit"
     jetstream: Flag = False
     binary_mode: Flag = False  # CloudEvents binary content mode (attributes in headers)
+    queue_group: Text = "livekit-bridge"  # replicas share <prefix>.commands.* through it
+    dead_letter_subject: Text | None = None  # default <prefix>.dlq.commands
     user: Text | None = None
     password: Secret | None = None
     token: Secret | None = None
@@ -319,6 +352,13 @@ class NatsSettings(_Section):
                 )
         if not all(_SUBJECT_TOKEN.fullmatch(t) for t in self.subject_prefix.split(".")):
             raise _FieldProblem("subject_prefix", "must be dot-separated tokens without spaces or wildcards")
+        if self.dead_letter_subject is not None and (
+            not all(_SUBJECT_TOKEN.fullmatch(t) for t in self.dead_letter_subject.split("."))
+            or self.dead_letter_subject.startswith(f"{self.subject_prefix}.commands.")
+        ):
+            raise _FieldProblem(
+                "dead_letter_subject", "must be a plain subject outside <prefix>.commands.* (no wildcards)"
+            )
         if self.user is not None and self.password is None:
             raise _FieldProblem("password", "required when user is set")
         if self.password is not None and self.user is None:
@@ -328,6 +368,10 @@ class NatsSettings(_Section):
                 "token" if self.token else "creds_file", "use one of user/password, token or creds_file"
             )
         return self
+
+    @property
+    def dlq_subject(self) -> str:
+        return self.dead_letter_subject or f"{self.subject_prefix}.dlq.commands"
 
 
 class HttpSettings(_Section):
@@ -365,6 +409,7 @@ class Settings(_Section):
     livekit: LiveKitSettings
     rooms: RoomsSettings = RoomsSettings()
     events: EventsSettings = EventsSettings()
+    commands: CommandsSettings = CommandsSettings()
     kafka: KafkaSettings | None = None
     nats: NatsSettings | None = None
     http: HttpSettings = HttpSettings()

@@ -24,9 +24,11 @@
     │  └─ PublishFailed                 retriable unless the broker rejected the record
     ├─ MediaError
     │  └─ NegotiationFailed
+    ├─ ServerApiError                   LiveKit's server API (Twirp) refused or failed a call: ``code``,
+    │                                   ``retriable`` for unavailable / timeout / internal / 5xx
     └─ OwnershipLost                    another replica owns the room: stop at once
 
-Adapters translate foreign exceptions (websockets, aiokafka, nats, aiortc) into this tree with
+Adapters translate foreign exceptions (websockets, aiokafka, nats, aiortc, livekit-api) into this tree with
 ``raise ... from exc``; nothing foreign crosses a package boundary. Messages never contain secrets.
 """
 
@@ -116,6 +118,7 @@ class InvalidCommand(CommandError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.message = message
 
 
 class RoomNotOwned(CommandError):
@@ -144,6 +147,24 @@ class MediaError(BridgeError):
 
 class NegotiationFailed(MediaError):
     """An SDP offer or answer could not be applied."""
+
+
+class ServerApiError(BridgeError):
+    """A LiveKit server API call failed. ``code`` is the Twirp code the server answered (``not_found``,
+    ``permission_denied``...) or what went wrong on our side: ``unavailable`` (no connection), ``timeout``,
+    ``unsupported`` (the server has no such method)."""
+
+    RETRIABLE_CODES: ClassVar[frozenset[str]] = frozenset(
+        {"unavailable", "timeout", "internal", "deadline_exceeded", "resource_exhausted"}
+    )
+
+    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"LiveKit server API: {code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        # The class default is not retriable; this instance is when the server may answer next time.
+        self.retriable = code in self.RETRIABLE_CODES or (status or 0) >= 500  # type: ignore[misc]
 
 
 class OwnershipLost(BridgeError):

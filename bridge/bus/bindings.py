@@ -256,6 +256,8 @@ def kafka_record(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes
         headers.append(("ce_subject", event.subject.encode()))
     if event.traceparent:
         headers.append(("ce_traceparent", event.traceparent.encode()))
+    for name, value in event.extensions:
+        headers.append(("ce_" + name, value.encode()))
     return c.room_bytes, event.data, headers
 
 
@@ -306,6 +308,8 @@ def nats_structured(event: CloudEvent) -> bytes:
         head += ',"subject":' + encode_basestring(event.subject)
     if event.traceparent:
         head += ',"traceparent":' + encode_basestring(event.traceparent)
+    for name, value in event.extensions:
+        head += f',"{name}":' + encode_basestring(value)
     data = event.data
     if is_json:
         if not data:
@@ -327,6 +331,8 @@ def nats_binary_headers(event: CloudEvent) -> dict[str, str]:
         headers["ce-subject"] = percent_encode(event.subject)
     if event.traceparent:
         headers["ce-traceparent"] = percent_encode(event.traceparent)
+    for name, value in event.extensions:
+        headers["ce-" + name] = percent_encode(value)
     return headers
 
 

@@ -46,7 +46,7 @@ __all__ = ["KafkaPublisher", "partition_for"]
 log = logging.getLogger("bridge.bus.kafka")
 
 # The broker refused the records themselves: sending them again cannot succeed.
-_REJECTED: Final = (
+REJECTED: Final = (
     MessageSizeTooLargeError,
     RecordTooLargeError,
     RecordListTooLargeError,
@@ -176,7 +176,7 @@ class KafkaPublisher:
                 await asyncio.gather(*futures)
         except BusError:
             raise
-        except _REJECTED as exc:
+        except REJECTED as exc:
             raise rejected(self.name, f"broker refused a record for topic {self.topic}", exc) from exc
         except TopicAuthorizationFailedError as exc:
             # Not the record's fault: keep the events until the ACL is fixed.

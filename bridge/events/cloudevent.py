@@ -83,6 +83,9 @@ class CloudEvent:
     datacontenttype: str = PROTOBUF
     subject: str | None = None
     traceparent: str | None = None
+    # Further extensions as (name, value) pairs, e.g. ("lkcommandid", ...) on a command result. Names are
+    # lower-case alphanumerics (CloudEvents §3.1.1) and never collide with the attributes above.
+    extensions: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -117,6 +120,7 @@ class CloudEvent:
             attrs["subject"] = self.subject
         if self.traceparent:
             attrs["traceparent"] = self.traceparent
+        attrs.update(self.extensions)
         return attrs
 
 

@@ -11,6 +11,7 @@ the server sent, never re-encoded, unless redaction had to change it.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import time
 from collections.abc import Callable, Sequence
@@ -288,10 +289,20 @@ class EventMapper:
         return self._event(etype, getattr(packet, kind), None, packet.participant_identity or None, wall)
 
     def bridge(
-        self, name: str, message: Message, *, wall: float, subject: str | None = None
+        self,
+        name: str,
+        message: Message,
+        *,
+        wall: float,
+        subject: str | None = None,
+        extensions: tuple[tuple[str, str], ...] = (),
+        traceparent: str | None = None,
     ) -> CloudEvent | None:
-        """One of the bridge's own events (session_started, room_snapshot, gap, …)."""
+        """One of the bridge's own events (session_started, room_snapshot, gap, command_result, …)."""
         etype = types.BRIDGE[name]
         if not self.allow(etype.type):
             return None
-        return self._event(etype, message, None, subject, wall)
+        event = self._event(etype, message, None, subject, wall)
+        if extensions or traceparent:
+            event = dataclasses.replace(event, extensions=extensions, traceparent=traceparent)
+        return event

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import secrets
 import time
@@ -98,6 +99,7 @@ class RoomSession:
             auto_subscribe=settings.auto_subscribe,
         )
         self.media = MediaPeer(send=self._send_media, room=room, on_data=self._on_data)
+        self.request_ids = itertools.count(1)  # request_id for commands that leave it 0
         self.ended: Ended | None = None
         self.resumes = 0
         self.rejoins = 0
@@ -198,6 +200,36 @@ class RoomSession:
             event = make()
             if event is not None:
                 await self._sink.emit(event)
+
+    async def emit_bridge_event(
+        self,
+        name: str,
+        message: Message,
+        *,
+        subject: str | None = None,
+        extensions: tuple[tuple[str, str], ...] = (),
+        traceparent: str | None = None,
+    ) -> CloudEvent | None:
+        """Number and publish one of the bridge's own events in this session; returns it (None when the
+        type is filtered out). Without a sink the event is still built, so a caller can reply with it."""
+        made: list[CloudEvent | None] = []
+
+        def make() -> CloudEvent | None:
+            event = self.mapper.bridge(
+                name,
+                message,
+                wall=time.time(),
+                subject=subject,
+                extensions=extensions,
+                traceparent=traceparent,
+            )
+            made.append(event)
+            return event
+
+        if self._sink is None:
+            return make()
+        await self._emit(make)
+        return made[0] if made else None
 
     async def _bridge_event(self, name: str, message: Message, subject: str | None = None) -> None:
         await self._emit(lambda: self.mapper.bridge(name, message, wall=time.time(), subject=subject))

@@ -1,0 +1,456 @@
+"""The Kafka command source: a consumer group on ``kafka.commands_topic`` with contiguous manual commits.
+
+Offsets are committed only over a contiguous run of settled deliveries (:mod:`bridge.commands.offsets`),
+every ``kafka.commit_interval_s`` and before a partition is given up, so a crash or a rebalance
+redelivers exactly the commands whose result was not yet published.
+
+Redelivery after a crash must not apply a command twice, and the process that crashed took its
+in-memory window with it. So when this replica gets a partition that already has a committed offset,
+it reads the ``command_result`` events published since the first redelivered record (minus
+``RECOVERY_SKEW_MS``) from ``kafka.events_topic`` and hands them to ``on_recovered`` before applying
+anything: a command whose result is on the bus is answered, not applied. The remaining window is the
+time between a command going out on the signaling socket and its result reaching Kafka (milliseconds;
+longer for a command awaiting LiveKit's answer); a crash inside it applies that command again.
+
+Dead letters go to ``kafka.dead_letter_topic`` with the original key, value and headers plus
+``ce_bridgeerrorcode`` and ``ce_bridgeerror``; a broker outage is retried until the source closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import OffsetAndMetadata
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from bridge._proto import events_pb2
+from bridge.bus.base import unavailable
+from bridge.bus.bindings import is_json_content_type
+from bridge.bus.command_source import Handler
+from bridge.bus.kafka import REJECTED as _REJECTED
+from bridge.commands.offsets import PartitionOffsets
+from bridge.commands.validate import RawCommand
+from bridge.config import KafkaSettings
+from bridge.errors import BusError
+from bridge.events import types
+from bridge.tasks import OwnedTasks
+
+__all__ = ["KafkaCommandSource"]
+
+log = logging.getLogger("bridge.bus.kafka_commands")
+
+RESULT_TYPE: Final = types.BRIDGE["command_result"].type.encode()
+RECOVERY_SKEW_MS: Final = 5_000  # producer clocks and result publishing may trail the command's timestamp
+REVOKE_DEADLINE_S: Final = 5.0  # how long a revoked partition's in-flight commands may take to settle
+RETRY_INITIAL_S: Final = 0.2
+RETRY_MAX_S: Final = 5.0
+ERROR_TEXT_MAX: Final = 1000  # bytes of error message put in a dead letter's header
+
+RecoveredHandler = Callable[[str, events_pb2.CommandResult], None]
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by the consumer, the dead-letter producer and the scan."""
+    s = settings
+    ssl_context = None
+    if s.security_protocol in ("SSL", "SASL_SSL"):
+        ssl_context = create_ssl_context(
+            cafile=str(s.ssl_cafile) if s.ssl_cafile else None,
+            certfile=str(s.ssl_certfile) if s.ssl_certfile else None,
+            keyfile=str(s.ssl_keyfile) if s.ssl_keyfile else None,
+        )
+    return {
+        "bootstrap_servers": ",".join(s.bootstrap_servers),
+        "security_protocol": s.security_protocol,
+        "ssl_context": ssl_context,
+        "sasl_mechanism": s.sasl_mechanism or "PLAIN",
+        "sasl_plain_username": s.sasl_username,
+        # Revealed only here, inside the client; never in a message or a log line.
+        "sasl_plain_password": s.sasl_password.reveal() if s.sasl_password is not None else None,
+    }
+
+
+@dataclass(slots=True)
+class KafkaDelivery:
+    """One command record."""
+
+    source: KafkaCommandSource
+    tp: TopicPartition
+    offset: int
+    generation: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    received_at: float
+    via: str = "kafka"
+
+    def parse(self) -> RawCommand:
+        return RawCommand.from_kafka(self.key, self.value, self.headers)
+
+    async def dead_letter(self, code: str, message: str) -> None:
+        await self.source.dead_letter(self, code, message)
+
+    async def reply(self, payload: bytes) -> None:
+        return None  # Kafka has no reply address: the result event is the answer
+
+    def settle(self) -> None:
+        self.source.settle(self)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, source: KafkaCommandSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._source.revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._source.assigned(list(assigned))
+
+
+class KafkaCommandSource:
+    """See the module docstring."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        max_in_flight: int = 1000,
+        on_recovered: RecoveredHandler | None = None,
+        client_id: str = "livekit-bus-bridge",
+        session_timeout_s: float = 10.0,
+    ) -> None:
+        self._settings = settings
+        self.topic = settings.commands_topic
+        self._max_in_flight = max_in_flight
+        self._on_recovered = on_recovered
+        self._client_id = client_id
+        self._session_timeout_s = session_timeout_s
+        self._consumer: Any = None  # aiokafka is untyped: Any stays at this boundary
+        self._producer: Any = None
+        self._handler: Handler | None = None
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._recover: set[TopicPartition] = set()
+        self._generation = 0  # bumped on every assignment: settles of an older one are ignored
+        self._in_flight = 0
+        self._room = asyncio.Event()  # set while in_flight < max_in_flight
+        self._room.set()
+        self._settled = asyncio.Event()
+        self._closing = False
+        self._tasks = OwnedTasks(log, "kafka command source")
+        self.assignment: frozenset[TopicPartition] = frozenset()
+        self.dead_lettered = 0
+        self.recovered = 0
+        self.commits = 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.assignment)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, handler: Handler) -> None:
+        """Subscribe in the background (connecting retries until it works); returns at once."""
+        self._handler = handler
+        self._tasks.spawn(self._run(), name="kafka-commands")
+
+    async def _connect(self) -> None:
+        s = self._settings
+        options = client_options(s)
+        consumer = AIOKafkaConsumer(
+            group_id=s.commands_group_id,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.commands_offset_reset,
+            session_timeout_ms=int(self._session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self._session_timeout_s * 1000 / 4),
+            max_poll_interval_ms=300_000,
+            **options,
+        )
+        producer = AIOKafkaProducer(
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=s.enable_idempotence,
+            **options,
+        )
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        try:
+            async with asyncio.timeout(10.0):
+                await producer.start()
+                await consumer.start()
+        except BaseException:
+            await _quietly(consumer.stop())
+            await _quietly(producer.stop())
+            raise
+        self._consumer, self._producer = consumer, producer
+
+    async def _run(self) -> None:
+        delay = RETRY_INITIAL_S
+        while not self._closing:
+            try:
+                if self._consumer is None:
+                    await self._connect()
+                    log.info(
+                        "kafka: consuming commands from %s as group %s",
+                        self.topic,
+                        self._settings.commands_group_id,
+                    )
+                    delay = RETRY_INITIAL_S
+                    self._tasks.spawn(self._commit_loop(), name="kafka-commands-commit")
+                await self._fetch()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "kafka: command consumer unavailable (%s); retrying in %.1fs", type(exc).__name__, delay
+                )
+                await asyncio.sleep(delay)  # backoff between reconnect attempts, not synchronisation
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _fetch(self) -> None:
+        consumer = self._consumer
+        while not self._closing:
+            await self._room.wait()
+            free = max(1, self._max_in_flight - self._in_flight)
+            batch = await consumer.getmany(timeout_ms=200, max_records=min(500, free))
+            now = time.monotonic()
+            for tp, records in batch.items():
+                if tp in self._recover and records:
+                    self._recover.discard(tp)
+                    await self._recover_results(records[0].timestamp - RECOVERY_SKEW_MS)
+                for record in records:
+                    offsets = self._offsets.get(tp)
+                    if offsets is None:
+                        break  # revoked while this batch was in hand: the new owner gets these
+                    offsets.delivered(record.offset)
+                    self._in_flight += 1
+                    if self._in_flight >= self._max_in_flight:
+                        self._room.clear()
+                    assert self._handler is not None
+                    await self._handler(
+                        KafkaDelivery(
+                            self,
+                            tp,
+                            record.offset,
+                            self._generation,
+                            record.key,
+                            record.value,
+                            tuple(record.headers or ()),
+                            now,
+                        )
+                    )
+
+    async def aclose(self, deadline_s: float) -> None:
+        """Stop fetching, let started deliveries settle (up to ``deadline_s``), commit, disconnect."""
+        self._closing = True
+        self._room.set()
+        end = time.monotonic() + deadline_s
+        while self._in_flight and time.monotonic() < end:
+            self._settled.clear()
+            try:
+                await asyncio.wait_for(self._settled.wait(), end - time.monotonic())
+            except TimeoutError:
+                break
+        if self._in_flight:
+            log.warning("kafka: %d commands unsettled at shutdown; they will be redelivered", self._in_flight)
+        await self._commit()
+        await self._tasks.aclose(1.0)
+        consumer, producer, self._consumer, self._producer = self._consumer, self._producer, None, None
+        if consumer is not None:
+            await _quietly(consumer.stop())
+        if producer is not None:
+            await _quietly(producer.stop())
+
+    # ------------------------------------------------------------------ offsets
+
+    def settle(self, delivery: KafkaDelivery) -> None:
+        self._in_flight -= 1
+        self._settled.set()
+        if self._in_flight < self._max_in_flight:
+            self._room.set()
+        offsets = self._offsets.get(delivery.tp)
+        if offsets is not None and delivery.generation == self._generation:
+            offsets.settled(delivery.offset)
+
+    async def _commit_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._settings.commit_interval_s)  # the commit cadence itself
+            await self._commit()
+
+    async def _commit(self, only: Iterable[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        points = {}
+        for tp in only if only is not None else list(self._offsets):
+            offsets = self._offsets.get(tp)
+            point = offsets.commit_point() if offsets is not None else None
+            if point is not None:
+                points[tp] = point
+        if not points:
+            return
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(p, "") for tp, p in points.items()})
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # Not fatal: the next tick commits the same or a later point; a rebalance redelivers.
+            log.debug("kafka: commit failed (%s)", type(exc).__name__)
+            return
+        self.commits += 1
+        for tp, point in points.items():
+            offsets = self._offsets.get(tp)
+            if offsets is not None:
+                offsets.committed(point)
+
+    async def assigned(self, assigned: list[TopicPartition]) -> None:
+        self._generation += 1
+        consumer = self._consumer
+        for tp in assigned:
+            self._offsets[tp] = PartitionOffsets()
+            committed = await consumer.committed(tp) if consumer is not None else None
+            if committed is not None and self._on_recovered is not None:
+                self._recover.add(tp)
+        self.assignment = frozenset(assigned)
+        log.info("kafka: command partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+    async def revoked(self, revoked: list[TopicPartition]) -> None:
+        # Give the revoked partitions' commands a moment to finish, so the next owner does not redo them.
+        end = time.monotonic() + REVOKE_DEADLINE_S
+        while any(self._offsets[tp].pending for tp in revoked if tp in self._offsets):
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            self._settled.clear()
+            try:
+                await asyncio.wait_for(self._settled.wait(), remaining)
+            except TimeoutError:
+                break
+        await self._commit(only=revoked)
+        for tp in revoked:
+            self._offsets.pop(tp, None)
+            self._recover.discard(tp)
+        self.assignment = frozenset(tp for tp in self.assignment if tp not in revoked)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def _recover_results(self, since_ms: int) -> None:
+        """Feed ``on_recovered`` with the command results published on the events topic since ``since_ms``."""
+        if self._on_recovered is None:
+            return
+        topic = self._settings.events_topic
+        started = time.monotonic()
+        scanner = AIOKafkaConsumer(
+            client_id=self._client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            **client_options(self._settings),
+        )
+        found = 0
+        try:
+            await scanner.start()
+            partitions = await self._producer.partitions_for(topic)
+            tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+            if not tps:
+                return
+            scanner.assign(tps)
+            starts = await scanner.offsets_for_times(dict.fromkeys(tps, max(0, since_ms)))
+            ends = await scanner.end_offsets(tps)
+            todo = {}
+            for tp in tps:
+                start = starts.get(tp)
+                if start is None or start.offset >= ends[tp]:
+                    continue
+                scanner.seek(tp, start.offset)
+                todo[tp] = ends[tp]
+            while todo:
+                batch = await scanner.getmany(*todo, timeout_ms=500, max_records=5000)
+                for tp, records in batch.items():
+                    for record in records:
+                        if record.offset < todo.get(tp, 0):
+                            found += self._recovered_from(record.headers or (), record.value)
+                    if records and records[-1].offset + 1 >= todo.get(tp, 0):
+                        todo.pop(tp, None)
+                if not batch:
+                    for tp in list(todo):
+                        if await scanner.position(tp) >= todo[tp]:
+                            todo.pop(tp)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # Without the scan a redelivered command may be applied again: say so once, then go on.
+            log.warning(
+                "kafka: could not read past command results (%s); redeliveries may repeat", type(exc).__name__
+            )
+        finally:
+            await _quietly(scanner.stop())
+        self.recovered += found
+        log.info(
+            "kafka: recovered %d command results from %s in %.2fs", found, topic, time.monotonic() - started
+        )
+
+    def _recovered_from(self, headers: Iterable[tuple[str, bytes]], value: bytes | None) -> int:
+        attrs = {name.lower(): raw for name, raw in headers}
+        if attrs.get("ce_type") != RESULT_TYPE:
+            return 0
+        command_id = attrs.get("ce_lkcommandid", b"").decode(errors="replace")
+        if not command_id:
+            return 0
+        result = events_pb2.CommandResult()
+        try:
+            if is_json_content_type(attrs.get("content-type", b"").decode(errors="replace")):
+                json_format.Parse(value or b"{}", result, ignore_unknown_fields=True)
+            else:
+                result.ParseFromString(value or b"")
+        except (DecodeError, json_format.ParseError, ValueError):
+            return 0
+        assert self._on_recovered is not None
+        self._on_recovered(command_id, result)
+        return 1
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_letter(self, delivery: KafkaDelivery, code: str, message: str) -> None:
+        headers = [
+            *delivery.headers,
+            ("ce_bridgeerrorcode", code.encode()),
+            ("ce_bridgeerror", message.encode()[:ERROR_TEXT_MAX]),
+        ]
+        topic = self._settings.dead_letter_topic
+        delay = RETRY_INITIAL_S
+        while True:
+            producer = self._producer
+            try:
+                if producer is None:
+                    raise unavailable(self.name, "not connected")
+                await producer.send_and_wait(topic, value=delivery.value, key=delivery.key, headers=headers)
+            except _REJECTED as exc:
+                if delivery.value is None:
+                    raise unavailable(self.name, f"{topic} refused the dead letter", exc) from exc
+                # Too large for the dead-letter topic: keep the key, headers and error, say what was cut.
+                headers.append(("ce_bridgevaluedropped", str(len(delivery.value)).encode()))
+                delivery = dataclasses.replace(delivery, value=None)
+                continue
+            except (KafkaError, OSError, TimeoutError, BusError) as exc:
+                if self._closing:
+                    raise unavailable(self.name, f"dead letter to {topic} not stored", exc) from exc
+                log.warning("kafka: dead letter to %s failed (%s); retrying", topic, type(exc).__name__)
+                await asyncio.sleep(delay)  # backoff while the broker is down
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            self.dead_lettered += 1
+            return
+
+
+async def _quietly(coro: Any) -> None:
+    try:
+        await asyncio.wait_for(coro, 10.0)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.debug("kafka: error while stopping a client: %s", type(exc).__name__)

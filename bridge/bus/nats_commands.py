@@ -1,0 +1,233 @@
+"""The NATS command source: a queue subscription on ``<prefix>.commands.*`` with request/reply.
+
+Replicas subscribe in one queue group (``nats.queue_group``), so each command reaches one of them. A
+command sent as a request gets its ``command_result`` CloudEvent (structured JSON) as the reply; a dead
+letter's reply is ``{"error": {"code", "message"}}``.
+
+Core NATS delivers at most once: a command published while no bridge is subscribed, or dropped by the
+client because the bridge fell behind (``slow_consumers`` counts it, logged once per episode), is gone;
+a requester sees no reply and may send it again with the same id (the dedup window answers it without
+applying it twice while the bridge that saw it runs).
+
+Dead letters go to ``nats.dead_letter_subject`` (default ``<prefix>.dlq.commands``) with the original
+payload and headers plus ``ce-bridgeerrorcode``, ``ce-bridgeerror`` (percent-encoded) and
+``bridge-original-subject``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bridge.bus.base import unavailable
+from bridge.bus.bindings import percent_encode
+from bridge.bus.command_source import Handler
+from bridge.commands.validate import RawCommand
+from bridge.config import NatsSettings
+
+__all__ = ["NatsCommandSource"]
+
+log = logging.getLogger("bridge.bus.nats_commands")
+
+ERROR_TEXT_MAX: Final = 1000
+PENDING_MSGS_LIMIT: Final = 65_536  # nats-py's client-side buffer per subscription (its overflow is counted)
+
+
+@dataclass(slots=True)
+class NatsDelivery:
+    source: NatsCommandSource
+    msg: Msg
+    received_at: float
+    via: str = "nats"
+
+    def parse(self) -> RawCommand:
+        return RawCommand.from_nats(
+            self.msg.subject, self.msg.data, self.msg.headers, prefix=self.source.prefix
+        )
+
+    async def dead_letter(self, code: str, message: str) -> None:
+        await self.source.dead_letter(self.msg, code, message)
+
+    async def reply(self, payload: bytes) -> None:
+        await self.source.reply(self.msg, payload)
+
+    def settle(self) -> None:
+        self.source.settle()
+
+
+class NatsCommandSource:
+    """See the module docstring."""
+
+    name = "nats"
+
+    def __init__(
+        self,
+        settings: NatsSettings,
+        *,
+        max_in_flight: int = 1000,
+        connect_timeout_s: float = 2.0,
+        reconnect_time_wait_s: float = 1.0,
+    ) -> None:
+        self._settings = settings
+        self.prefix = settings.subject_prefix
+        self.subject = f"{self.prefix}.commands.*"
+        self.dlq_subject = settings.dlq_subject
+        self._max_in_flight = max_in_flight
+        self._connect_timeout_s = connect_timeout_s
+        self._reconnect_time_wait_s = reconnect_time_wait_s
+        self._nc: Client | None = None
+        self._sub: Subscription | None = None
+        self._handler: Handler | None = None
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._settled = asyncio.Event()
+        self._connecting: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dead_lettered = 0
+        self.slow_consumers = 0
+        self._slow_logged = False
+
+    @property
+    def ready(self) -> bool:
+        return self._sub is not None and self._nc is not None and self._nc.is_connected
+
+    async def start(self, handler: Handler) -> None:
+        """Connect and subscribe; if the server is down, keep trying in the background."""
+        self._handler = handler
+        try:
+            await self._subscribe()
+        except Exception as exc:  # noqa: BLE001 (logged by class; retried below)
+            log.warning("nats: command subscription not ready (%s); retrying", type(exc).__name__)
+            self._connecting = asyncio.create_task(self._retry(), name="nats-commands-connect")
+
+    async def _retry(self) -> None:
+        delay = 0.2
+        while not self._closing and self._sub is None:
+            await asyncio.sleep(delay)  # backoff between attempts
+            try:
+                await self._subscribe()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("nats: command subscription retry failed (%s)", type(exc).__name__)
+                delay = min(delay * 2, 5.0)
+
+    async def _subscribe(self) -> None:
+        s = self._settings
+        if self._nc is None:
+            try:
+                self._nc = await nats.connect(
+                    servers=list(s.servers),
+                    name="livekit-bus-bridge-commands",
+                    user=s.user,
+                    # Revealed only here, inside the client; never in a message or a log line.
+                    password=s.password.reveal() if s.password is not None else None,
+                    token=s.token.reveal() if s.token is not None else None,
+                    user_credentials=str(s.creds_file) if s.creds_file is not None else None,
+                    connect_timeout=self._connect_timeout_s,  # float seconds work
+                    reconnect_time_wait=self._reconnect_time_wait_s,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    error_cb=self._on_error,
+                )
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                raise unavailable(self.name, "cannot connect", exc) from exc
+        self._sub = await self._nc.subscribe(
+            self.subject, queue=s.queue_group, cb=self._on_msg, pending_msgs_limit=PENDING_MSGS_LIMIT
+        )
+        await self._nc.flush()  # the subscription is registered on the server once this returns
+        log.info("nats: consuming commands from %s in queue group %s", self.subject, s.queue_group)
+
+    async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            self.slow_consumers += 1
+            if not self._slow_logged:
+                self._slow_logged = True
+                log.warning("nats: commands dropped by the client: the bridge is behind (slow consumer)")
+            return
+        log.debug("nats: command client error %s", type(exc).__name__)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if self._closing:
+            return  # not taken: a requester times out and may retry elsewhere
+        await self._room.wait()
+        self._in_flight += 1
+        if self._in_flight >= self._max_in_flight:
+            self._room.clear()
+        assert self._handler is not None
+        await self._handler(NatsDelivery(self, msg, time.monotonic()))
+
+    def settle(self) -> None:
+        self._in_flight -= 1
+        self._settled.set()
+        if self._in_flight < self._max_in_flight:
+            self._room.set()
+            self._slow_logged = False
+
+    async def reply(self, msg: Msg, payload: bytes) -> None:
+        nc = self._nc
+        if not msg.reply or nc is None or not payload:
+            return
+        try:
+            await nc.publish(msg.reply, payload)
+        except (nats.errors.Error, OSError) as exc:
+            log.debug("nats: reply not sent (%s)", type(exc).__name__)
+
+    async def dead_letter(self, msg: Msg, code: str, message: str) -> None:
+        headers = dict(msg.headers or {})
+        headers["ce-bridgeerrorcode"] = code
+        headers["ce-bridgeerror"] = percent_encode(message[:ERROR_TEXT_MAX])
+        headers["bridge-original-subject"] = msg.subject
+        delay = 0.2
+        while True:
+            nc = self._nc
+            try:
+                if nc is None:
+                    raise unavailable(self.name, "not connected")
+                await nc.publish(self.dlq_subject, msg.data, headers=headers)
+                await nc.flush(timeout=5)
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                if self._closing:
+                    raise unavailable(
+                        self.name, f"dead letter to {self.dlq_subject} not stored", exc
+                    ) from exc
+                log.warning("nats: dead letter failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)  # backoff while the server is away
+                delay = min(delay * 2, 5.0)
+                continue
+            self.dead_lettered += 1
+            return
+
+    async def aclose(self, deadline_s: float) -> None:
+        """Unsubscribe (no new commands), let started ones settle within ``deadline_s``, disconnect."""
+        self._closing = True
+        self._room.set()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except (nats.errors.Error, OSError) as exc:
+                log.debug("nats: unsubscribe failed (%s)", type(exc).__name__)
+        end = time.monotonic() + deadline_s
+        while self._in_flight and time.monotonic() < end:
+            self._settled.clear()
+            try:
+                await asyncio.wait_for(self._settled.wait(), end - time.monotonic())
+            except TimeoutError:
+                break
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            try:
+                await nc.drain()
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                log.debug("nats: error while closing (%s)", type(exc).__name__)
