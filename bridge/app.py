@@ -28,6 +28,7 @@ from bridge.errors import BusError
 from bridge.events.cloudevent import CloudEvent
 from bridge.media.tuning import apply_scaling_knobs
 from bridge.rooms.commands import CommandRunner, ServerApiPort
+from bridge.rooms.server_api import ServerApi
 from bridge.rooms.session import RoomSession
 from bridge.rooms.supervisor import RoomSupervisor
 from bridge.signaling.protocol import Event
@@ -100,6 +101,9 @@ class Bridge:
         self.supervisor = RoomSupervisor(
             settings.livekit, sink=sink, events=settings.events, on_event=self._session_event
         )
+        self._own_server_api: ServerApi | None = None
+        if server_api is None and settings.commands.enabled:
+            server_api = self._own_server_api = ServerApi(settings.livekit)
         self.commands = CommandRunner(
             commands=settings.commands,
             livekit=settings.livekit,
@@ -175,6 +179,8 @@ class Bridge:
                 cs.apply_latency.percentile(99) * 1000,
             )
         await self.supervisor.aclose()
+        if self._own_server_api is not None:
+            await self._own_server_api.aclose()
         await self.fanout.aclose(FLUSH_DEADLINE_S)
         for st in (o.stats() for o in self.outboxes):
             log.info(

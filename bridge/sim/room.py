@@ -124,6 +124,8 @@ class SimRoom:
         )
         self.participants: dict[str, SimParticipant] = {}
         self.data_received: list[tuple[str, models.DataPacket, str]] = []  # (sender, packet, label)
+        # Server-initiated RPCs in flight (RoomService.PerformRpc): request id -> takes the ack/response.
+        self.rpc_replies: dict[str, Callable[[models.DataPacket], None]] = {}
         # Unpublished tracks' media sources go here; the server closes them on its event loop.
         self.on_source_removed: Callable[[Any], None] = lambda source: None
         self.closed = False

@@ -60,6 +60,7 @@ class SimConfig:
     ping_timeout_s: int = 15
     ice_servers: tuple[IceServer, ...] = ()
     offer_unsupported_codecs: bool = False
+    remote_unmute: bool = False  # LiveKit's room.enable_remote_unmute: may MutePublishedTrack unmute?
     rooms: tuple[str, ...] = ()
 
 
@@ -107,6 +108,9 @@ class SimServer:
         from bridge.sim.admin import add_admin_routes  # admin depends on the scenario layer
 
         add_admin_routes(app, self)
+        from bridge.sim.twirp import add_twirp_routes
+
+        add_twirp_routes(app, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.host, self.config.port)

@@ -750,11 +750,21 @@ def trickles_from_sdp(sdp: str, target: rtc.SignalTarget) -> list[rtc.TrickleReq
     return trickles
 
 
-def forward_data(room: SimRoom, sender: SimParticipant, packet: models.DataPacket, label: str) -> int:
-    """Deliver ``packet`` from ``sender`` as LiveKit does; return how many clients received it."""
+def forward_data(room: SimRoom, sender: SimParticipant | None, packet: models.DataPacket, label: str) -> int:
+    """Deliver ``packet`` from ``sender`` (None: the server itself, as RoomService.SendData) as LiveKit
+    does; return how many clients received it."""
     kind = packet.WhichOneof("value")
-    on_behalf = sender.info.kind == models.ParticipantInfo.AGENT and kind in ("transcription", "chat_message")
-    if not on_behalf:
+    if kind in ("rpc_ack", "rpc_response"):
+        reply = packet.rpc_ack if kind == "rpc_ack" else packet.rpc_response
+        handler = room.rpc_replies.get(reply.request_id)
+        if handler is not None:  # the answer to a server-initiated RPC stays on the server
+            handler(packet)
+            return 0
+    if sender is None:
+        packet.participant_identity = packet.participant_sid = ""
+    elif not (
+        sender.info.kind == models.ParticipantInfo.AGENT and kind in ("transcription", "chat_message")
+    ):  # agents send transcriptions and chat on behalf of others: their identity stays
         packet.participant_identity = "" if sender.hidden else sender.identity
         packet.participant_sid = "" if sender.hidden else sender.sid
     packet.kind = models.DataPacket.RELIABLE if label == "_reliable" else models.DataPacket.LOSSY
