@@ -2,14 +2,17 @@
 
 Start: the bus publishers (each may be down: its outbox buffers and retries), one bounded outbox per
 bus behind a fan-out, the room supervisor, which joins the configured rooms, then the command sources
-(one per bus) feeding the command runner.
+(one per bus) feeding the command runner. The HTTP listener (/livez /readyz /metrics /webhook) starts
+after the publishers, room discovery after the static joins.
 Stop (SIGTERM/SIGINT), in this order:
+  0. report not ready and stop discovering rooms (no webhook or ListRooms join from here on);
   1. stop taking commands: each source stops fetching, lets the commands it handed over finish within
      ``COMMAND_DRAIN_S`` (their results go to the outboxes) and commits what finished; nothing may
      reach a room that is leaving;
   2. leave every room with CLIENT_INITIATED within ``livekit.leave_deadline_s``;
   3. flush what the rooms produced to the buses, within ``FLUSH_DEADLINE_S``;
-  4. close the bus clients.
+  4. stop the HTTP listener;
+  5. close the bus clients.
 """
 
 from __future__ import annotations
@@ -27,10 +30,15 @@ from bridge.config import Settings
 from bridge.errors import BusError
 from bridge.events.cloudevent import CloudEvent
 from bridge.media.tuning import apply_scaling_knobs
+from bridge.ops.health import Readiness
+from bridge.ops.metrics import BridgeMetrics
+from bridge.ops.server import OpsServer
 from bridge.rooms.commands import CommandRunner, ServerApiPort
+from bridge.rooms.discovery import RoomDiscovery
 from bridge.rooms.server_api import ServerApi
 from bridge.rooms.session import RoomSession
 from bridge.rooms.supervisor import RoomSupervisor
+from bridge.rooms.webhook import WebhookVerifier
 from bridge.signaling.protocol import Event
 
 log = logging.getLogger(__name__)
@@ -114,6 +122,29 @@ class Bridge:
         self.command_sources = list(
             build_command_sources(settings, self.commands) if command_sources is None else command_sources
         )
+        # Room discovery (webhooks, ListRooms) and the HTTP listener that serves ops and the webhook.
+        self.discovery = RoomDiscovery(settings.discovery, self.supervisor, livekit=settings.livekit)
+        webhook = WebhookVerifier(settings.livekit) if settings.discovery.webhook else None
+        self.ops = OpsServer(
+            settings.http,
+            readiness=Readiness(
+                publishers=self.publishers,
+                command_sources=self.command_sources,
+                supervisor=self.supervisor,
+                static_rooms=settings.rooms.static,
+            ),
+            metrics=BridgeMetrics(
+                publishers=self.publishers,
+                outboxes=self.outboxes,
+                supervisor=self.supervisor,
+                commands=self.commands,
+                command_sources=self.command_sources,
+                discovery=self.discovery,
+                webhook=webhook,
+            ),
+            webhook=webhook,
+            on_webhook=self.discovery.on_webhook,
+        )
 
     def _session_event(self, session: RoomSession, event: Event) -> None:
         self.commands.on_session_event(session, event)
@@ -144,11 +175,13 @@ class Bridge:
                 log.warning(
                     "%s: not reachable at start (%s); its outbox buffers and retries", publisher.name, exc
                 )
+        await self.ops.start()
         self.fanout.start()
         for room in self.settings.rooms.static:
             self.supervisor.join(room)
         for source in self.command_sources:
             await source.start(self.commands.handle)
+        self.discovery.start()
         log.info(
             "bridge started: %d rooms, identity=%s, livekit=%s, buses=%s",
             len(self.settings.rooms.static),
@@ -159,6 +192,8 @@ class Bridge:
 
     async def aclose(self) -> None:
         """The shutdown order of the module docstring."""
+        self.ops.readiness.stopping = True
+        await self.discovery.aclose()
         leaving = sum(1 for s in self.supervisor.sessions.values() if s.ended is None)
         log.info("bridge stopping: leaving %d rooms", leaving)
         for source in self.command_sources:
@@ -195,6 +230,7 @@ class Bridge:
                 st.latency_max_ms,
                 st.latency_count,
             )
+        await self.ops.aclose()
         for publisher in self.publishers:
             await publisher.aclose()
         log.info("bridge stopped")

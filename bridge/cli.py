@@ -29,6 +29,9 @@ def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--refresh-interval-s", type=float, default=300.0)
     p.add_argument("--load-rooms", type=int, default=0, help="load mode: this many busy rooms")
     p.add_argument("--load-rate", type=float, default=100.0, help="load mode: events per second in all")
+    p.add_argument(
+        "--webhook-url", action="append", default=[], help="POST room_started/room_finished here (repeatable)"
+    )
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -46,6 +49,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
         join_timeout_s=args.join_timeout_s,
         refresh_interval_s=args.refresh_interval_s,
         rooms=tuple(args.room),
+        webhook_urls=tuple(args.webhook_url),
     )
     apply_scaling_knobs()  # the simulator hosts one PC per bridge room as well
     stop = asyncio.Event()
@@ -85,13 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge.tail import add_tail_arguments
 
     add_tail_arguments(tail)
+    send = sub.add_parser(
+        "send",
+        help="publish a command to a room and wait for its result",
+        description="Publish one command (NATS request or Kafka record) and print its command_result.",
+    )
+    from bridge.send import add_send_arguments
+
+    add_send_arguments(send)
     run = sub.add_parser("run", help="the service: join the configured rooms and bridge them")
     run.add_argument("--config", type=Path, required=True, help="YAML settings file")
     check = sub.add_parser("check-config", help="validate settings and print them, secrets redacted")
     check.add_argument("--config", type=Path, required=True, help="YAML settings file")
-    schemas = sub.add_parser("schemas", help="generate the JSON Schemas of every event type's data")
+    schemas = sub.add_parser(
+        "schemas", help="generate the JSON Schemas, the AsyncAPI document and the README catalogues"
+    )
     schemas.add_argument("--out", type=Path, default=Path("schemas"), help="output folder (default schemas)")
     schemas.add_argument("--check", action="store_true", help="fail with a diff if --out is out of date")
+    schemas.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also write (or with --check, compare) the event and command catalogues in this README",
+    )
     _sim_parser(sub)
     return parser
 
@@ -119,13 +139,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # interpreter's final flush does not complain again.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return 0
+        if args.command == "send":
+            from bridge.send import main_send
+
+            return main_send(args)
         if args.command == "run":
             from bridge.app import run_service
             from bridge.config import load_settings
+            from bridge.ops.logging import configure_logging, secrets_in
 
             settings = load_settings(args.config, os.environ)
-            logging.getLogger().setLevel(
-                settings.logging.level if args.log_level == "WARNING" else args.log_level
+            # logging.level/json from the settings; an explicit --log-level still wins over the level.
+            configure_logging(
+                settings.logging,
+                secrets=secrets_in(settings),
+                level=None if args.log_level == "WARNING" else args.log_level,
             )
             return asyncio.run(run_service(settings))
         if args.command == "check-config":
@@ -136,14 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bridge import schemas
 
             if args.check:
-                drift = schemas.check(args.out)
+                drift = schemas.check(args.out, readme=args.readme)
                 for line in drift:
                     print(line, file=sys.stderr)
                 if drift:
                     print(f"livekit-bridge: {args.out} is out of date; run `make schemas`", file=sys.stderr)
                     return 1
                 return 0
-            written = schemas.write(args.out)
+            written = schemas.write(args.out, readme=args.readme)
             print(f"wrote {len(written)} files to {args.out}")
             return 0
         if args.command == "sim":

@@ -44,6 +44,7 @@ from bridge.errors import ConfigError
 __all__ = [
     "REDACTED",
     "CommandsSettings",
+    "DiscoverySettings",
     "EventsSettings",
     "HttpSettings",
     "KafkaSettings",
@@ -374,10 +375,22 @@ class NatsSettings(_Section):
         return self.dead_letter_subject or f"{self.subject_prefix}.dlq.commands"
 
 
+_OPS_PATHS: Final = ("/livez", "/readyz", "/metrics")
+
+
+def _webhook_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError("must be a URL path starting with /, e.g. /webhook")
+    if value in _OPS_PATHS:
+        raise ValueError(f"must differ from {', '.join(_OPS_PATHS)}")
+    return value
+
+
 class HttpSettings(_Section):
-    """The health and metrics endpoint."""
+    """The health, metrics and (with ``discovery.webhook``) LiveKit webhook endpoint."""
 
     listen: HostPort = "0.0.0.0:8080"
+    webhook_path: Annotated[str, Field(strict=True), AfterValidator(_webhook_path)] = "/webhook"
 
     @property
     def host(self) -> str:
@@ -403,6 +416,17 @@ class LoggingSettings(_Section):
     json_: Flag = Field(default=False, alias="json")
 
 
+class DiscoverySettings(_Section):
+    """How rooms beyond ``rooms.static`` are found: LiveKit webhooks and a periodic ListRooms."""
+
+    # Accept LiveKit's webhooks at ``http.webhook_path``: room_started joins, room_finished leaves.
+    webhook: Flag = False
+    # Reconcile with LiveKit's ListRooms this often (webhooks are lossy); None: never.
+    list_rooms_interval_s: Seconds | None = None
+    # Join rooms that start or exist. False: discovery only leaves rooms that finished.
+    auto_join: Flag = True
+
+
 class Settings(_Section):
     """Everything the bridge is configured with. Build it with :func:`load_settings`."""
 
@@ -415,6 +439,7 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     outbox: OutboxSettings = OutboxSettings()
     logging: LoggingSettings = LoggingSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets replaced by ``**********``."""

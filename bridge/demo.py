@@ -244,6 +244,7 @@ async def _run(
                 "reconnect_backoff_max_s": 0.5,
             },
             "rooms": {"static": [room]},
+            "http": {"listen": "127.0.0.1:0"},  # the demo needs no fixed port: any free loopback one
         }
         memory: InMemoryBus | None = None
         source: Source

@@ -26,6 +26,7 @@
     │  └─ NegotiationFailed
     ├─ ServerApiError                   LiveKit's server API (Twirp) refused or failed a call: ``code``,
     │                                   ``retriable`` for unavailable / timeout / internal / 5xx
+    ├─ WebhookRefused                   a POST that is not a LiveKit webhook signed with our key: ``reason``
     └─ OwnershipLost                    another replica owns the room: stop at once
 
 Adapters translate foreign exceptions (websockets, aiokafka, nats, aiortc, livekit-api) into this tree with
@@ -165,6 +166,16 @@ class ServerApiError(BridgeError):
         self.status = status
         # The class default is not retriable; this instance is when the server may answer next time.
         self.retriable = code in self.RETRIABLE_CODES or (status or 0) >= 500  # type: ignore[misc]
+
+
+class WebhookRefused(BridgeError):
+    """A webhook failed verification (``status`` 401) or, signed, is not a webhook event (400). ``reason`` is
+    one of a fixed set (a metric label); the message never quotes the token."""
+
+    def __init__(self, reason: str, message: str, *, status: int = 401) -> None:
+        super().__init__(f"webhook refused ({reason}): {message}")
+        self.reason = reason
+        self.status = status
 
 
 class OwnershipLost(BridgeError):

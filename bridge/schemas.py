@@ -1,9 +1,13 @@
-"""JSON Schemas (draft 2020-12) for the ``data`` of every event type, generated from protobuf descriptors.
+"""JSON Schemas (draft 2020-12) for the ``data`` of every event and command type, from protobuf descriptors.
 
 Each schema describes the message in protobuf's canonical JSON mapping, exactly as
 ``bridge.events.jsonfmt.message_to_dict`` (= ``json_format.MessageToDict``) writes it: lowerCamelCase
 ``json_name`` keys, 64-bit integers as decimal strings, enums by name (or number when unknown), bytes as
 base64, every field optional and no other keys. Messages live in ``$defs`` keyed by their full name.
+
+Besides the data schemas (``events/``, ``commands/``), ``envelope/`` holds the CloudEvents envelope and the
+Kafka / NATS header schemas (``bridge/envelope.py``), and ``asyncapi.yaml`` describes every channel
+(``bridge/asyncapi.py``); the README catalogues are rendered from the same descriptors.
 
 ``render()`` is pure: the same descriptors give the same bytes. ``livekit-bridge schemas`` writes the
 result to ``schemas/`` (``make schemas``) and ``--check`` fails on drift (``make schemas-check``).
@@ -23,17 +27,28 @@ from typing import Any, Final
 from google.protobuf import descriptor_pool, wrappers_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from bridge._proto import events_pb2
+from bridge._proto import commands_pb2, events_pb2
+from bridge.commands.model import COMMANDS, NEVER_TYPES, CommandType
 from bridge.events import types
 from bridge.events.cloudevent import EventType
 
 # The modules above register their descriptors in the default pool.
-_REGISTERED: Final = (wrappers_pb2, events_pb2)
+_REGISTERED: Final = (wrappers_pb2, events_pb2, commands_pb2)
 
 META_SCHEMA: Final = "https://json-schema.org/draft/2020-12/schema"
 EVENTS_DIR: Final = "events"
+COMMANDS_DIR: Final = "commands"
+ENVELOPE_DIR: Final = "envelope"
 INDEX_FILE: Final = "index.json"
-BRIDGE_PROTO: Final = Path(__file__).resolve().parents[1] / "protos/livekit/bridge/v1/events.proto"
+ASYNCAPI_FILE: Final = "asyncapi.yaml"
+# Generated folders: a file in them that render() no longer produces is stale and removed.
+_GENERATED_DIRS: Final = (EVENTS_DIR, COMMANDS_DIR, ENVELOPE_DIR)
+_PROTOS: Final = Path(__file__).resolve().parents[1] / "protos/livekit/bridge/v1"
+BRIDGE_PROTO: Final = _PROTOS / "events.proto"
+COMMANDS_PROTO: Final = _PROTOS / "commands.proto"
+# A command's data schema is named by its type: the same message (MuteTrackRequest) can be both an event's
+# and a command's data, with different descriptions, so the message name alone would not be unique.
+COMMAND_SCHEMA_PREFIX: Final = "urn:livekit-bus-bridge:command-schema:"
 
 _INT64_SIGNED: Final = {"type": "string", "pattern": "^-?[0-9]+$"}
 _INT64_UNSIGNED: Final = {"type": "string", "pattern": "^[0-9]+$"}
@@ -206,7 +221,10 @@ def proto_comments(text: str, package: str) -> dict[str, str]:
 
 
 def _bridge_comments() -> dict[str, str]:
-    return proto_comments(BRIDGE_PROTO.read_text(encoding="utf-8"), "livekit.bridge.v1")
+    out: dict[str, str] = {}
+    for proto in (BRIDGE_PROTO, COMMANDS_PROTO):
+        out.update(proto_comments(proto.read_text(encoding="utf-8"), "livekit.bridge.v1"))
+    return out
 
 
 class _Builder:
@@ -332,56 +350,129 @@ def event_schema(etype: EventType, comments: Mapping[str, str] | None = None) ->
     }
 
 
+def describe_command(ctype: CommandType, comments: Mapping[str, str]) -> str:
+    """What a command of this type does (the seed's wording for signal commands, proto comments else)."""
+    from bridge.schema_examples import SIGNAL_COMMAND_DESCRIPTIONS
+
+    message = ctype.message_class.DESCRIPTOR.full_name
+    if ctype.kind == "signal" and ctype.name in SIGNAL_COMMAND_DESCRIPTIONS:
+        return f"{SIGNAL_COMMAND_DESCRIPTIONS[ctype.name]} Sent as SignalRequest `{ctype.name}`."
+    if message in comments:
+        return comments[message]
+    return f"The `{ctype.name}` {ctype.kind} command; data is a {message} message."
+
+
+def accepted_commands() -> list[CommandType]:
+    """Every command type a bus may send (plumbing in NEVER_TYPES is never accepted), sorted by type."""
+    return [COMMANDS[t] for t in sorted(COMMANDS) if t not in NEVER_TYPES]
+
+
+def command_schema(ctype: CommandType, comments: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The JSON Schema of a ``ctype`` command's ``data`` in protobuf's JSON mapping."""
+    notes = _bridge_comments() if comments is None else comments
+    builder = _Builder(notes)
+    name = ctype.message_class.DESCRIPTOR.full_name
+    root = builder.message(descriptor_pool.Default().FindMessageTypeByName(name))
+    return {
+        "$schema": META_SCHEMA,
+        "$id": COMMAND_SCHEMA_PREFIX + ctype.type,
+        "title": name,
+        "description": describe_command(ctype, notes),
+        "x-cloudevents-type": ctype.type,
+        **root,
+        "$defs": builder.defs,
+    }
+
+
 def _dump(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def render() -> dict[str, bytes]:
-    """Every generated file, relative path -> bytes (deterministic)."""
+    """Every generated file under ``schemas/``, relative path -> bytes (deterministic)."""
+    from bridge import asyncapi, envelope
+
     comments = _bridge_comments()
     files: dict[str, bytes] = {}
-    index: dict[str, dict[str, str]] = {}
+    events: dict[str, dict[str, str]] = {}
     for name in sorted(types.ALL):
         etype = types.ALL[name]
         path = f"{EVENTS_DIR}/{name}.json"
         files[path] = _dump(event_schema(etype, comments))
-        index[name] = {"file": path, "message": etype.message, "dataschema": etype.dataschema}
-    files[INDEX_FILE] = _dump({"events": index})
+        events[name] = {"file": path, "message": etype.message, "dataschema": etype.dataschema}
+    commands: dict[str, dict[str, str]] = {}
+    for ctype in accepted_commands():
+        path = f"{COMMANDS_DIR}/{ctype.type}.json"
+        files[path] = _dump(command_schema(ctype, comments))
+        commands[ctype.type] = {
+            "file": path,
+            "message": ctype.message_class.DESCRIPTOR.full_name,
+            "kind": ctype.kind,
+        }
+    envelopes: dict[str, str] = {}
+    for name, schema in envelope.schemas().items():
+        path = f"{ENVELOPE_DIR}/{name}.json"
+        files[path] = _dump(schema)
+        envelopes[name] = path
+    files[INDEX_FILE] = _dump({"events": events, "commands": commands, "envelope": envelopes})
+    files[ASYNCAPI_FILE] = asyncapi.render_yaml(comments)
     return dict(sorted(files.items()))
 
 
 def _stale(out: Path, expected: Mapping[str, bytes]) -> list[str]:
-    events = out / EVENTS_DIR
-    if not events.is_dir():
-        return []
     return sorted(
-        f"{EVENTS_DIR}/{p.name}" for p in events.glob("*.json") if f"{EVENTS_DIR}/{p.name}" not in expected
+        f"{folder}/{p.name}"
+        for folder in _GENERATED_DIRS
+        if (out / folder).is_dir()
+        for p in (out / folder).glob("*.json")
+        if f"{folder}/{p.name}" not in expected
     )
 
 
-def write(out: Path) -> list[str]:
-    """Writes every file under ``out``, removes stale event schemas; returns the paths written."""
+def write(out: Path, readme: Path | None = None) -> list[str]:
+    """Writes every file under ``out`` (and the catalogues into ``readme``), removes stale schemas.
+
+    Returns the paths written under ``out``.
+    """
     files = render()
     for rel in _stale(out, files):
         (out / rel).unlink()
     for rel, data in files.items():
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists() or target.read_bytes() != data:
-            target.write_bytes(data)
+        _write_if_changed(out / rel, data)
+    if readme is not None:
+        _write_if_changed(readme, _readme(readme))
     return list(files)
 
 
-def check(out: Path, max_lines: int = 40) -> list[str]:
+def _write_if_changed(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists() or target.read_bytes() != data:
+        target.write_bytes(data)
+
+
+def _readme(readme: Path) -> bytes:
+    from bridge import asyncapi
+
+    text = readme.read_text(encoding="utf-8")
+    return asyncapi.update_readme(text, _bridge_comments()).encode("utf-8")
+
+
+def check(out: Path, max_lines: int = 40, readme: Path | None = None) -> list[str]:
     """Regenerates into a temp dir and compares with ``out``; returns a short diff (empty = no drift)."""
     with tempfile.TemporaryDirectory(prefix="schemas-") as tmp:
         fresh = Path(tmp)
         expected = {rel: (fresh / rel).read_bytes() for rel in write(fresh)}
     lines: list[str] = [f"stale: {rel}" for rel in _stale(out, expected)]
-    for rel, data in expected.items():
-        current = out / rel
+    # (file, its name in the report, the generated bytes)
+    compare = [(out / rel, rel, data) for rel, data in expected.items()]
+    if readme is not None:
+        try:
+            compare.append((readme, str(readme), _readme(readme)))
+        except (OSError, ValueError) as exc:
+            lines.append(f"{readme}: {exc}")
+    for current, name, data in compare:
         if not current.exists():
-            lines.append(f"missing: {rel}")
+            lines.append(f"missing: {name}")
             continue
         have = current.read_bytes()
         if have != data:
@@ -389,8 +480,8 @@ def check(out: Path, max_lines: int = 40) -> list[str]:
                 difflib.unified_diff(
                     have.decode("utf-8", "replace").splitlines(),
                     data.decode("utf-8").splitlines(),
-                    fromfile=f"{out}/{rel}",
-                    tofile=f"generated/{rel}",
+                    fromfile=str(current),
+                    tofile=f"generated/{name}",
                     lineterm="",
                     n=1,
                 )

@@ -141,6 +141,7 @@ class KafkaCommandSource:
         self._session_timeout_s = session_timeout_s
         self._consumer: Any = None  # aiokafka is untyped: Any stays at this boundary
         self._producer: Any = None
+        self._starting_clients: tuple[Any, ...] = ()
         self._handler: Handler | None = None
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._recover: set[TopicPartition] = set()
@@ -187,6 +188,8 @@ class KafkaCommandSource:
             **options,
         )
         consumer.subscribe([self.topic], listener=_Rebalance(self))
+        # Held here while starting so aclose can stop them even if it cancels this start half-way.
+        self._starting_clients = (consumer, producer)
         try:
             async with asyncio.timeout(10.0):
                 await producer.start()
@@ -195,6 +198,8 @@ class KafkaCommandSource:
             await _quietly(consumer.stop())
             await _quietly(producer.stop())
             raise
+        finally:
+            self._starting_clients = ()
         self._consumer, self._producer = consumer, producer
 
     async def _run(self) -> None:
@@ -265,7 +270,10 @@ class KafkaCommandSource:
         if self._in_flight:
             log.warning("kafka: %d commands unsettled at shutdown; they will be redelivered", self._in_flight)
         await self._commit()
+        starting, self._starting_clients = self._starting_clients, ()
         await self._tasks.aclose(1.0)
+        for client in starting:
+            await _quietly(client.stop())
         consumer, producer, self._consumer, self._producer = self._consumer, self._producer, None, None
         if consumer is not None:
             await _quietly(consumer.stop())

@@ -86,6 +86,7 @@ class NatsCommandSource:
         self._reconnect_time_wait_s = reconnect_time_wait_s
         self._nc: Client | None = None
         self._sub: Subscription | None = None
+        self._subscribed = False
         self._handler: Handler | None = None
         self._in_flight = 0
         self._room = asyncio.Event()
@@ -99,7 +100,7 @@ class NatsCommandSource:
 
     @property
     def ready(self) -> bool:
-        return self._sub is not None and self._nc is not None and self._nc.is_connected
+        return self._subscribed and self._nc is not None and self._nc.is_connected
 
     async def start(self, handler: Handler) -> None:
         """Connect and subscribe; if the server is down, keep trying in the background."""
@@ -144,6 +145,7 @@ class NatsCommandSource:
             self.subject, queue=s.queue_group, cb=self._on_msg, pending_msgs_limit=PENDING_MSGS_LIMIT
         )
         await self._nc.flush()  # the subscription is registered on the server once this returns
+        self._subscribed = True
         log.info("nats: consuming commands from %s in queue group %s", self.subject, s.queue_group)
 
     async def _on_error(self, exc: Exception) -> None:
@@ -213,6 +215,7 @@ class NatsCommandSource:
         if self._connecting is not None:
             self._connecting.cancel()
         sub, self._sub = self._sub, None
+        self._subscribed = False
         if sub is not None:
             try:
                 await sub.unsubscribe()

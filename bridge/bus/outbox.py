@@ -111,6 +111,19 @@ class LatencyHistogram:
                 return self.max_s if i == last else min(self.max_s, self._low * self._ratio**i)
         return self.max_s  # unreachable: the counts add up to count
 
+    def cumulative(self, bounds: Sequence[float]) -> list[int]:
+        """For each of the ascending ``bounds`` (seconds): how many samples fell in buckets that end at or
+        below it (Prometheus ``le`` buckets). A bound inside a bucket leaves that bucket to the next bound,
+        so a count may be low by one bucket's width (<12 %), never high."""
+        out, seen, i, last = [], 0, 0, len(self._counts) - 1
+        for bound in bounds:
+            # Bucket i ends at low * ratio**i (the last one never ends); the epsilon absorbs rounding.
+            while i < last and self._low * self._ratio**i <= bound * (1 + 1e-9):
+                seen += self._counts[i]
+                i += 1
+            out.append(seen)
+        return out
+
     @property
     def mean_s(self) -> float:
         return self.total_s / self.count if self.count else 0.0

@@ -28,6 +28,7 @@ from bridge.sim.ice import use_loopback_only
 from bridge.sim.media import MediaMode
 from bridge.sim.room import SimRoom
 from bridge.sim.session import PROTOCOL_VERSION, ClientSession, JoinParams, leave
+from bridge.sim.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class SimConfig:
     offer_unsupported_codecs: bool = False
     remote_unmute: bool = False  # LiveKit's room.enable_remote_unmute: may MutePublishedTrack unmute?
     rooms: tuple[str, ...] = ()
+    webhook_urls: tuple[str, ...] = ()  # LiveKit's webhook.urls: room_started / room_finished go there
 
 
 @dataclass
@@ -85,6 +87,7 @@ class SimServer:
     _site: web.TCPSite | None = None
     _sessions: set[ClientSession] = field(default_factory=set)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    webhooks: WebhookSender | None = None  # from start(); ``webhooks.urls`` may be added to later
     port: int = 0
 
     # ----------------------------------------------------------------- life
@@ -98,6 +101,9 @@ class SimServer:
 
     async def start(self) -> None:
         use_loopback_only()
+        key, secret = next(iter(self.config.keys.items()))
+        self.webhooks = WebhookSender(list(self.config.webhook_urls), key, secret)
+        self.webhooks.start()
         for name in self.config.rooms:
             self.room(name)
         app = web.Application()
@@ -121,6 +127,8 @@ class SimServer:
         log.info("simulator listening on %s", self.url)
 
     async def aclose(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.aclose()
         for session in list(self._sessions):
             session.drop_socket()
             await session.aclose()
@@ -150,7 +158,13 @@ class SimServer:
         if room is None or room.closed:
             room = self.rooms[name] = SimRoom(name)
             room.on_source_removed = self._close_source
+            self.notify("room_started", room)
         return room
+
+    def notify(self, event: str, room: SimRoom) -> None:
+        """Send a webhook (``room_started``, ``room_finished``) to ``config.webhook_urls``."""
+        if self.webhooks is not None:
+            self.webhooks.notify(event, room.info)
 
     def _close_source(self, source: Any) -> None:
         if hasattr(source, "aclose"):

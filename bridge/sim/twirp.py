@@ -193,6 +193,7 @@ class RoomService:
                 room.remove(p, models.ROOM_DELETED)
         room.close()
         del self.server.rooms[room.name]
+        self.server.notify("room_finished", room)
         return proto.DeleteRoomResponse()
 
     async def update_room_metadata(self, req: proto.UpdateRoomMetadataRequest) -> models.Room:

@@ -36,6 +36,7 @@ async def test_nats_outage_buffers_then_reports_the_gap(
                 "BRIDGE_LIVEKIT__API_KEY": base.livekit.api_key,
                 "BRIDGE_LIVEKIT__API_SECRET": base.livekit.api_secret.reveal(),
                 "BRIDGE_ROOMS__STATIC": f"[{ROOM}]",
+                "BRIDGE_HTTP__LISTEN": "127.0.0.1:0",
                 "BRIDGE_NATS__SERVERS": fresh_nats_server.url,
                 "BRIDGE_NATS__SUBJECT_PREFIX": prefix,
                 "BRIDGE_NATS__JETSTREAM": "true",  # the stream keeps what arrives while we reconnect

@@ -124,12 +124,15 @@ async def test_every_variant_reaches_kafka_and_nats_intact(
                     "BRIDGE_LIVEKIT__API_SECRET": env.livekit.api_secret.reveal(),
                     "BRIDGE_LIVEKIT__CAN_PUBLISH": "true",  # so add_track yields track_published
                     "BRIDGE_ROOMS__STATIC": f"['{ROOM}']",
+                    "BRIDGE_HTTP__LISTEN": "127.0.0.1:0",
                     "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
                     "BRIDGE_KAFKA__EVENTS_TOPIC": topic,
                     "BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": "false",
                     "BRIDGE_KAFKA__ACKS": "all",
                     "BRIDGE_NATS__SERVERS": nats_server.url,
                     "BRIDGE_NATS__SUBJECT_PREFIX": prefix,
+                    # No commands topic here; commands have their own end-to-end tests.
+                    "BRIDGE_COMMANDS__ENABLED": "false",
                 },
             )
             bridge = Bridge(settings)

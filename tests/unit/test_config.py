@@ -391,6 +391,8 @@ def test_secrets_never_appear_in_repr_or_redacted_output(secret: str) -> None:
 def test_secrets_never_appear_in_errors(secret: str) -> None:
     baseline = _error_text({**REQUIRED_ENV, "BRIDGE_LIVEKIT__URL": "placeholder-value"})
     assume(secret not in baseline)
+    # The overflow error lists the allowed values; a "secret" that is part of them is not a leak.
+    assume(secret not in "'block' or 'drop_oldest'")
     cases = [
         # A secret pasted into the wrong key, an unknown key, a secret key that is not allowed here.
         {**REQUIRED_ENV, "BRIDGE_LIVEKIT__URL": secret},

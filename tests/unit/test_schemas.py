@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import json_format, wrappers_pb2
+import yaml
+from google.protobuf import descriptor_pool, json_format, message_factory, wrappers_pb2
 from google.protobuf.message import Message
 from jsonschema import Draft202012Validator
 from livekit.protocol import models, rtc
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
-from bridge import cli, schemas
+from bridge import asyncapi, cli, schema_examples, schemas
 from bridge._proto import events_pb2
+from bridge.bus.bindings import room_token
+from bridge.commands.model import COMMANDS, DEFAULT_ALLOWED, NEVER_TYPES
+from bridge.commands.validate import CODES, RawCommand, validate
+from bridge.errors import InvalidCommand
 from bridge.events import types
 from bridge.events.jsonfmt import message_to_dict
 
@@ -241,7 +249,7 @@ REALISTIC = _realistic()
 
 
 def test_one_schema_per_event_type_and_an_index() -> None:
-    assert sorted(GENERATED) == sorted(["index.json", *(f"events/{name}.json" for name in types.ALL)])
+    assert {rel for rel in GENERATED if rel.startswith("events/")} == {f"events/{n}.json" for n in types.ALL}
     index = json.loads(GENERATED["index.json"])["events"]
     assert set(index) == set(types.ALL)
     for name, etype in types.ALL.items():
@@ -256,9 +264,13 @@ def test_one_schema_per_event_type_and_an_index() -> None:
         assert schema["description"]
 
 
-@pytest.mark.parametrize("etype", sorted(types.ALL))
-def test_every_schema_is_valid_against_the_meta_schema(etype: str) -> None:
-    Draft202012Validator.check_schema(_schema(etype))
+@pytest.mark.parametrize("rel", sorted(rel for rel in GENERATED if rel.endswith(".json")))
+def test_every_schema_is_valid_against_the_meta_schema(rel: str) -> None:
+    schema = json.loads(GENERATED[rel])
+    if rel == "index.json":
+        return  # an index, not a schema
+    assert schema["$schema"] == schemas.META_SCHEMA
+    Draft202012Validator.check_schema(schema)
 
 
 def test_realistic_messages_cover_the_required_types() -> None:
@@ -329,6 +341,13 @@ def test_generation_is_deterministic_and_matches_the_committed_schemas(tmp_path:
 def test_cli_check_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["schemas", "--out", str(tmp_path)]) == 0
     assert cli.main(["schemas", "--out", str(tmp_path), "--check"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "asyncapi.yaml",
+        "commands",
+        "envelope",
+        "events",
+        "index.json",
+    }
     target = tmp_path / "events" / "io.livekit.bridge.gap.v1.json"
     target.write_text(target.read_text().replace("Number of events dropped.", "edited"))
     (tmp_path / "events" / "io.livekit.signal.gone.v1.json").write_text("{}\n")
@@ -339,3 +358,314 @@ def test_cli_check_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert cli.main(["schemas", "--out", str(tmp_path)]) == 0
     assert not (tmp_path / "events" / "io.livekit.signal.gone.v1.json").exists()
     assert cli.main(["schemas", "--out", str(tmp_path), "--check"]) == 0
+
+
+# --- command schemas, envelope, AsyncAPI document, README catalogues ----------------------------------
+
+
+def test_one_schema_per_accepted_command_type_and_none_for_plumbing() -> None:
+    accepted = {t for t in COMMANDS if t not in NEVER_TYPES}
+    assert {rel for rel in GENERATED if rel.startswith("commands/")} == {
+        f"commands/{t}.json" for t in accepted
+    }
+    index = json.loads(GENERATED["index.json"])
+    assert set(index["commands"]) == accepted
+    assert set(index["envelope"]) == {
+        p.removeprefix("envelope/").removesuffix(".json") for p in GENERATED if p.startswith("envelope/")
+    }
+    for ctype in accepted:
+        schema = json.loads(GENERATED[f"commands/{ctype}.json"])
+        assert schema["title"] == COMMANDS[ctype].message_class.DESCRIPTOR.full_name
+        assert schema["x-cloudevents-type"] == ctype
+        assert schema["description"]
+    # bridge command fields are documented from commands.proto
+    send_data = json.loads(GENERATED["commands/io.livekit.command.bridge.send_data.v1.json"])
+    lossy = send_data["$defs"]["livekit.bridge.v1.SendData"]["properties"]["lossy"]
+    assert "on the lossy" in lossy["description"]
+
+
+def _asyncapi() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(GENERATED["asyncapi.yaml"])
+    return doc
+
+
+ASYNCAPI = _asyncapi()
+BASE = "file:///schemas/"
+
+
+def _registry() -> Registry[Any]:
+    resources = [
+        (BASE + rel, Resource.from_contents(json.loads(data)))
+        for rel, data in GENERATED.items()
+        if rel.endswith(".json") and rel != "index.json"
+    ]
+    return Registry().with_resources(resources).crawl()  # crawl: also by $id, for the internal #/$defs refs
+
+
+REGISTRY = _registry()
+
+
+def _doc_validator(schema: dict[str, Any]) -> Draft202012Validator:
+    """Validates against a schema written in asyncapi.yaml (relative $refs resolve as the parser's do)."""
+    root = DRAFT202012.create_resource(schema)
+    registry = REGISTRY.with_resource(BASE + "asyncapi.yaml", root)
+    return Draft202012Validator(
+        {"$ref": BASE + "asyncapi.yaml"},
+        registry=registry,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def _effective(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with its traits applied (AsyncAPI: a trait never overrides what the message sets)."""
+    out = dict(message)
+    for trait_ref in message.get("traits", []):
+        trait = ASYNCAPI["components"]["messageTraits"][trait_ref["$ref"].rsplit("/", 1)[1]]
+        for key, value in trait.items():
+            out.setdefault(key, value)
+    return out
+
+
+def _messages(prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(n, _effective(m)) for n, m in ASYNCAPI["components"]["messages"].items() if n.startswith(prefix)]
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref"] + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_asyncapi_document_shape() -> None:
+    doc = ASYNCAPI
+    assert doc["asyncapi"] == "3.0.0"
+    assert set(doc["servers"]) == {"kafka", "nats"}
+    channels = doc["channels"]
+    assert {c["address"] for c in channels.values()} == {
+        "livekit.events",
+        "livekit.events.{room}.{type}",
+        "livekit.commands",
+        "livekit.commands.{room}",
+        "livekit.events.{room}.bridge_command_result",
+        None,  # the NATS reply subject
+        "livekit.commands.dlq",
+        "livekit.dlq.commands",
+    }
+    assert set(channels["natsEvents"]["parameters"]["type"]["enum"]) == {
+        types.subject_token(e) for e in types.ALL.values()
+    }
+    messages = doc["components"]["messages"]
+    accepted = {t for t in COMMANDS if t not in NEVER_TYPES}
+    assert set(messages) == {*types.ALL, *accepted, "commandDeadLetter"}
+    actions = {name: (op["action"], op["channel"]["$ref"]) for name, op in doc["operations"].items()}
+    assert actions["receiveCommands"] == ("receive", "#/channels/commands")
+    assert actions["receiveNatsCommands"] == ("receive", "#/channels/natsCommands")
+    assert doc["operations"]["receiveNatsCommands"]["reply"]["channel"] == {
+        "$ref": "#/channels/natsCommandReplies"
+    }
+    assert all(a == "send" for n, (a, _) in actions.items() if not n.startswith("receive"))
+    for name, message in _messages(""):
+        assert message["examples"], name
+        assert message["bindings"]["kafka"]["key"]["type"] == "string"
+        assert "nats" in message["bindings"]
+        assert message.get("headers"), name
+    for ref in _refs(doc) + [
+        r for rel, d in GENERATED.items() if rel.endswith(".json") for r in _refs(json.loads(d))
+    ]:
+        assert ref.startswith(("#", "./")), f"non-local $ref {ref}"
+
+
+def test_asyncapi_descriptions_come_from_the_registries() -> None:
+    messages = ASYNCAPI["components"]["messages"]
+    assert messages["io.livekit.signal.speakers_changed.v1"]["description"].startswith(
+        "SpeakersChanged: active"
+    )
+    assert "left the room" in messages["io.livekit.bridge.session_ended.v1"]["description"]
+    assert messages["io.livekit.command.bridge.perform_rpc.v1"]["description"].startswith(
+        "Performs an RPC call"
+    )
+    assert messages["io.livekit.command.mute.v1"]["description"].startswith(
+        "Mutes or unmutes one of the bridge's"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(types.ALL))
+def test_every_event_example_validates(name: str) -> None:
+    message = _effective(ASYNCAPI["components"]["messages"][name])
+    payload = _doc_validator(message["payload"])
+    headers = _doc_validator(message["headers"])
+    data = _validator(name)
+    kafka, nats = message["examples"]
+    assert (kafka["name"], nats["name"]) == ("kafka", "nats")
+    for example in (kafka, nats):
+        payload.validate(example["payload"])
+        headers.validate(example["headers"])
+    # Kafka binary mode: the value is the data; the headers are what bindings.kafka_record writes.
+    data.validate(kafka["payload"])
+    Draft202012Validator(json.loads(GENERATED["envelope/kafka-event-headers.json"])).validate(
+        kafka["headers"]
+    )
+    assert kafka["headers"]["ce_type"] == name
+    # NATS structured mode: a JSON event with the protobuf data in data_base64, which decodes to the example.
+    event = nats["payload"]
+    _doc_validator({"$ref": "./envelope/event.json"}).validate(event)
+    decoded = _message_class(types.ALL[name].message).FromString(base64.b64decode(event["data_base64"]))
+    assert message_to_dict(decoded) == kafka["payload"]
+    assert event["type"] == name
+    assert event["dataschema"] == types.ALL[name].dataschema
+
+
+def _message_class(full_name: str) -> type[Message]:
+    return message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(full_name))
+
+
+def test_command_result_example_carries_lkcommandid() -> None:
+    message = ASYNCAPI["components"]["messages"]["io.livekit.bridge.command_result.v1"]
+    kafka, nats = message["examples"]
+    assert (
+        kafka["headers"]["ce_lkcommandid"] == nats["payload"]["lkcommandid"] == kafka["payload"]["commandId"]
+    )
+
+
+COMMAND_MESSAGES = _messages("io.livekit.command.")
+
+
+@pytest.mark.parametrize(("name", "message"), COMMAND_MESSAGES, ids=[n for n, _ in COMMAND_MESSAGES])
+def test_every_command_example_is_accepted_on_kafka_and_nats(name: str, message: dict[str, Any]) -> None:
+    kafka, nats = message["examples"]
+    for example in (kafka, nats):
+        _doc_validator(message["payload"]).validate(example["payload"])
+        _doc_validator(message["headers"]).validate(example["headers"])
+    _validator_for(f"commands/{name}.json").validate(kafka["payload"])
+    room = kafka["headers"]["ce_lkroom"]
+    record = RawCommand.from_kafka(
+        room.encode(),
+        json.dumps(kafka["payload"]).encode(),
+        [(k, v.encode()) for k, v in kafka["headers"].items()],
+    )
+    via_kafka = validate(record, allowed=DEFAULT_ALLOWED, max_bytes=64 * 1024)
+    subject = f"livekit.commands.{room_token(nats['payload']['lkroom'])}"
+    msg = RawCommand.from_nats(
+        subject, json.dumps(nats["payload"]).encode(), nats["headers"], prefix="livekit"
+    )
+    via_nats = validate(msg, allowed=DEFAULT_ALLOWED, max_bytes=64 * 1024)
+    expected = json_format.ParseDict(kafka["payload"], COMMANDS[name].message_class())
+    for cmd in (via_kafka, via_nats):
+        assert cmd.type == name
+        assert cmd.room == room
+        assert cmd.message == expected
+
+
+def _validator_for(rel: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(GENERATED[rel]))
+
+
+def test_examples_exist_for_every_type() -> None:
+    # The generator falls back to {} so a LiveKit upgrade still generates; this is where it is caught.
+    for etype in types.ALL.values():
+        assert asyncapi.example_data(etype) != {} or etype.type in EMPTY_OK, etype.type
+    for ctype in schemas.accepted_commands():
+        assert asyncapi.command_example_data(ctype), ctype.type
+    known = {
+        "signal": set(schema_examples.SIGNAL_EVENTS),
+        "data": set(schema_examples.DATA_EVENTS),
+        "bridge": set(schema_examples.BRIDGE_EVENTS),
+    }
+    for kind, names in known.items():
+        assert names == {e.field for e in types.ALL.values() if e.kind == kind}, kind
+    assert set(schema_examples.SIGNAL_COMMANDS) == {
+        c.name for c in schemas.accepted_commands() if c.kind == "signal"
+    }
+    assert set(schema_examples.SIGNAL_COMMAND_DESCRIPTIONS) == set(schema_examples.SIGNAL_COMMANDS)
+    assert set(schema_examples.BRIDGE_COMMANDS) == {
+        c.name for c in schemas.accepted_commands() if c.kind == "bridge"
+    }
+
+
+EMPTY_OK: frozenset[str] = frozenset()
+
+
+def test_dead_letter_examples_validate() -> None:
+    message = ASYNCAPI["components"]["messages"]["commandDeadLetter"]
+    kafka, nats = message["examples"]
+    headers = _doc_validator(message["headers"])
+    headers.validate(kafka["headers"])
+    headers.validate(nats["headers"])
+    _validator_for("envelope/kafka-dead-letter-headers.json").validate(kafka["headers"])
+    _validator_for("envelope/nats-dead-letter-headers.json").validate(nats["headers"])
+    assert kafka["headers"]["ce_bridgeerrorcode"] in CODES
+    # The example really is a dead letter: the validator refuses it with the code it carries.
+    record = RawCommand.from_kafka(
+        b"standup",
+        json.dumps(kafka["payload"]).encode(),
+        [(k, v.encode()) for k, v in kafka["headers"].items()],
+    )
+    with pytest.raises(InvalidCommand) as err:
+        validate(record, allowed=DEFAULT_ALLOWED, max_bytes=64 * 1024)
+    assert err.value.code == kafka["headers"]["ce_bridgeerrorcode"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "value"),
+    [
+        ("envelope/event.json", {"specversion": "1.0", "id": "x"}),  # required members missing
+        ("envelope/kafka-event-headers.json", {"ce_specversion": "1.0"}),
+        (
+            "envelope/kafka-dead-letter-headers.json",
+            {"ce_bridgeerrorcode": "exploded", "ce_bridgeerror": "x"},
+        ),
+        ("envelope/nats-dead-letter-headers.json", {"ce-bridgeerrorcode": "bad_data", "ce-bridgeerror": "x"}),
+        (
+            "envelope/command.json",
+            {"specversion": "1.0", "id": "c", "source": "s", "type": "io.livekit.x.v1"},
+        ),
+        (
+            "envelope/cloudevents.json",
+            {"specversion": "1.0", "id": "c", "source": "s", "type": "t", "Bad_Name": 1},
+        ),
+    ],
+)
+def test_envelope_schemas_reject_wrong_values(schema: str, value: object) -> None:
+    assert not _doc_validator({"$ref": f"./{schema}"}).is_valid(value)
+
+
+def test_structured_event_envelope_rules() -> None:
+    example = ASYNCAPI["components"]["messages"]["io.livekit.signal.mute.v1"]["examples"][1]["payload"]
+    envelope = _doc_validator({"$ref": "./envelope/event.json"})
+    envelope.validate(example)
+    assert not envelope.is_valid({**example, "sequence": "12"})  # 20 digits
+    assert not envelope.is_valid({**example, "data": {}})  # protobuf data goes in data_base64
+    assert not envelope.is_valid({**example, "lkcommandid": "cmd-1"})  # only on command results
+    assert not envelope.is_valid({**example, "traceparent": "nope"})
+    assert not envelope.is_valid({**example, "surprise": "x"})
+
+
+def test_asyncapi_yaml_has_no_aliases_and_is_deterministic() -> None:
+    text = GENERATED["asyncapi.yaml"].decode()
+    assert "&id" not in text
+    assert "*id" not in text
+    assert asyncapi.render_yaml(schemas._bridge_comments()) == GENERATED["asyncapi.yaml"]
+
+
+def test_readme_catalogues_are_current(tmp_path: Path) -> None:
+    readme = ROOT / "README.md"
+    assert schemas.check(COMMITTED, readme=readme) == []
+    text = readme.read_text(encoding="utf-8")
+    for etype in types.ALL:
+        assert f"| `{etype}` |" in text
+    for ctype in schemas.accepted_commands():
+        assert f"| `{ctype.type}` |" in text
+    for never in NEVER_TYPES:
+        assert f"`{never}`" not in text
+    # drift is reported, and writing repairs it without touching the rest of the file
+    copy = tmp_path / "README.md"
+    head, _, tail = text.rpartition("| `io.livekit.bridge.gap.v1` |")  # the catalogue's row, the last one
+    copy.write_text(f"{head}| `io.livekit.bridge.gone.v1` |{tail}")
+    drift = schemas.check(COMMITTED, readme=copy)
+    assert any("io.livekit.bridge.gone.v1" in line for line in drift)
+    assert cli.main(["schemas", "--out", str(tmp_path / "s"), "--readme", str(copy)]) == 0
+    assert copy.read_text(encoding="utf-8") == text
+    (tmp_path / "plain.md").write_text("# no markers\n")
+    assert any("markers" in line for line in schemas.check(COMMITTED, readme=tmp_path / "plain.md"))
