@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,6 +58,9 @@ RETRY_MAX_S: Final = 5.0
 ERROR_TEXT_MAX: Final = 1000  # bytes of error message put in a dead letter's header
 
 RecoveredHandler = Callable[[str, events_pb2.CommandResult], None]
+# Told the partitions of the commands topic this replica holds, and the topic's partition count, after
+# every assignment and revocation (room ownership in ``ownership.mode: kafka`` follows it).
+AssignmentHandler = Callable[[frozenset[int], int], Awaitable[None]]
 
 
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -130,6 +133,7 @@ class KafkaCommandSource:
         *,
         max_in_flight: int = 1000,
         on_recovered: RecoveredHandler | None = None,
+        on_assignment: AssignmentHandler | None = None,
         client_id: str = "livekit-bus-bridge",
         session_timeout_s: float = 10.0,
     ) -> None:
@@ -137,6 +141,7 @@ class KafkaCommandSource:
         self.topic = settings.commands_topic
         self._max_in_flight = max_in_flight
         self._on_recovered = on_recovered
+        self._on_assignment = on_assignment
         self._client_id = client_id
         self._session_timeout_s = session_timeout_s
         self._consumer: Any = None  # aiokafka is untyped: Any stays at this boundary
@@ -330,6 +335,13 @@ class KafkaCommandSource:
                 self._recover.add(tp)
         self.assignment = frozenset(assigned)
         log.info("kafka: command partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        await self._tell_assignment()
+
+    async def _tell_assignment(self) -> None:
+        if self._on_assignment is None or self._consumer is None:
+            return
+        partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        await self._on_assignment(frozenset(tp.partition for tp in self.assignment), len(partitions))
 
     async def revoked(self, revoked: list[TopicPartition]) -> None:
         # Give the revoked partitions' commands a moment to finish, so the next owner does not redo them.
@@ -348,6 +360,7 @@ class KafkaCommandSource:
             self._offsets.pop(tp, None)
             self._recover.discard(tp)
         self.assignment = frozenset(tp for tp in self.assignment if tp not in revoked)
+        await self._tell_assignment()
 
     # ------------------------------------------------------------------ recovery
 

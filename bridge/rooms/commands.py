@@ -136,6 +136,7 @@ class CommandRunner:
         supervisor: RoomSupervisor,
         sink: EventSink | None,
         server_api: ServerApiPort | None = None,
+        owns: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = commands
@@ -144,6 +145,9 @@ class CommandRunner:
         self._supervisor = supervisor
         self._sink = sink
         self._server_api = server_api
+        # Ownership (several replicas): checked again right before a command is applied, since the
+        # assignment may have changed while it waited in its lane.
+        self.owns: Callable[[str], bool] = owns or (lambda _room: True)
         self._clock = clock
         self._dedup: DedupWindow[events_pb2.CommandResult] = DedupWindow(
             window_s=commands.dedup_window_s, max_ids=commands.dedup_max_ids
@@ -284,6 +288,8 @@ class CommandRunner:
             self._tasks.spawn(self._await_answer(work, session, answer))
 
     def _owned(self, room: str) -> RoomSession | None:
+        if not self.owns(room):
+            return None
         session = self._supervisor.sessions.get(room)
         if session is None or session.ended is not None:
             return None
@@ -391,6 +397,9 @@ class CommandRunner:
 
     async def _join(self, work: _Work) -> None:
         room = work.command.room
+        if not self.owns(room):
+            await self._finish_command(work, REJECTED, ROOM_NOT_OWNED, _not_served(room))
+            return
         session = self._owned(room) or self._supervisor.join(room)
         if await self._wait_connected(session):
             self.stats.apply_latency.record(self._clock() - work.delivery.received_at)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any, Final
@@ -23,6 +26,10 @@ LAUNCHER: Final = (
     "import runpy, sys; from bridge.sim.ice import use_loopback_only; use_loopback_only(); "
     "sys.argv[0] = 'bridge'; runpy.run_module('bridge', run_name='__main__', alter_sys=True)"
 )
+
+
+# The bridge's "http: serving ... on URL" line (bridge.ops.server), for ``http.listen: 127.0.0.1:0``.
+_HTTP_URL: Final = re.compile(r"http: serving .* on (http://\S+)")
 
 
 def report(config: pytest.Config, text: str) -> None:
@@ -58,6 +65,54 @@ def stop(proc: subprocess.Popen[bytes] | None, *, deadline_s: float) -> int | No
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+def spawn(args: list[str], log: Path, *, piped: bool) -> subprocess.Popen[bytes]:
+    """``python ARGS`` from the repository; ``piped``: stdin/stdout are pipes (a line protocol, see
+    :func:`ask`) and stderr goes to ``log``, else everything goes to ``log``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if piped else sink,
+            stderr=sink if piped else subprocess.STDOUT,
+        )
+
+
+def ask(proc: subprocess.Popen[bytes], command: str | None, prefix: str, timeout_s: float) -> list[str]:
+    """Send ``command`` (if any) to a piped process and return the fields of its next stdout line that
+    starts with ``prefix``."""
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    if command is not None:
+        proc.stdin.write(f"{command}\n".encode())
+        proc.stdin.flush()
+    found: list[list[str]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        while raw := proc.stdout.readline():
+            if (fields := raw.decode().split()) and fields[0] == prefix:
+                found.append(fields)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert found, f"no {prefix!r} from pid {proc.pid} within {timeout_s:.0f} s"
+    return found[0]
+
+
+def bridge_ready(log: Path) -> bool:
+    """Whether the bridge that logs to ``log`` answers 200 on ``/readyz`` (its HTTP URL from the log)."""
+    with contextlib.suppress(OSError):  # urllib's URLError and HTTPError (503: not ready) included
+        if m := _HTTP_URL.search(log.read_text(errors="replace")):
+            with urllib.request.urlopen(f"{m[1]}/readyz", timeout=5) as response:  # loopback only
+                return bool(response.status == 200)
+    return False
 
 
 def tail(log: Path, lines: int = 30) -> str:
