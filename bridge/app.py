@@ -37,6 +37,7 @@ from bridge.rooms.commands import CommandRunner, ServerApiPort
 from bridge.rooms.discovery import RoomDiscovery
 from bridge.rooms.server_api import ServerApi
 from bridge.rooms.session import RoomSession
+from bridge.rooms.sharding import AssignmentCallback, build_ownership
 from bridge.rooms.supervisor import RoomSupervisor
 from bridge.rooms.webhook import WebhookVerifier
 from bridge.signaling.protocol import Event
@@ -47,7 +48,9 @@ FLUSH_DEADLINE_S: Final = 5.0
 COMMAND_DRAIN_S: Final = 5.0
 
 
-def build_command_sources(settings: Settings, runner: CommandRunner) -> list[CommandSource]:
+def build_command_sources(
+    settings: Settings, runner: CommandRunner, *, on_assignment: AssignmentCallback | None = None
+) -> list[CommandSource]:
     """One command consumer per configured bus (none when ``commands.enabled`` is false)."""
     if not settings.commands.enabled:
         return []
@@ -56,7 +59,15 @@ def build_command_sources(settings: Settings, runner: CommandRunner) -> list[Com
     if settings.kafka is not None:
         from bridge.bus.kafka_commands import KafkaCommandSource
 
-        sources.append(KafkaCommandSource(settings.kafka, max_in_flight=limit, on_recovered=runner.remember))
+        sources.append(
+            KafkaCommandSource(
+                settings.kafka,
+                max_in_flight=limit,
+                on_recovered=runner.remember,
+                on_assignment=on_assignment,
+                session_timeout_s=settings.kafka.session_timeout_s,
+            )
+        )
     if settings.nats is not None:
         from bridge.bus.nats_commands import NatsCommandSource
 
@@ -107,8 +118,14 @@ class Bridge:
         self.fanout = EventFanout(self.outboxes)
         sink = self.fanout if self.outboxes else None
         self.supervisor = RoomSupervisor(
-            settings.livekit, sink=sink, events=settings.events, on_event=self._session_event
+            settings.livekit,
+            sink=sink,
+            events=settings.events,
+            on_event=self._session_event,
+            media=settings.media,
         )
+        # Which rooms are ours (ownership.mode): every room, or the Kafka assignment's, or NATS leases'.
+        self.ownership = build_ownership(settings, self.supervisor)
         self._own_server_api: ServerApi | None = None
         if server_api is None and settings.commands.enabled:
             server_api = self._own_server_api = ServerApi(settings.livekit)
@@ -119,11 +136,16 @@ class Bridge:
             sink=sink,
             server_api=server_api,
         )
+        self.commands.owns = self.ownership.owns
         self.command_sources = list(
-            build_command_sources(settings, self.commands) if command_sources is None else command_sources
+            build_command_sources(settings, self.commands, on_assignment=self.ownership.assignment_handler)
+            if command_sources is None
+            else command_sources
         )
         # Room discovery (webhooks, ListRooms) and the HTTP listener that serves ops and the webhook.
-        self.discovery = RoomDiscovery(settings.discovery, self.supervisor, livekit=settings.livekit)
+        self.discovery = RoomDiscovery(
+            settings.discovery, self.supervisor, livekit=settings.livekit, owns=self.ownership.consider
+        )
         webhook = WebhookVerifier(settings.livekit) if settings.discovery.webhook else None
         self.ops = OpsServer(
             settings.http,
@@ -131,7 +153,8 @@ class Bridge:
                 publishers=self.publishers,
                 command_sources=self.command_sources,
                 supervisor=self.supervisor,
-                static_rooms=settings.rooms.static,
+                static_rooms=settings.rooms.static if settings.ownership.mode == "static" else (),
+                ownership=self.ownership,
             ),
             metrics=BridgeMetrics(
                 publishers=self.publishers,
@@ -144,6 +167,7 @@ class Bridge:
             ),
             webhook=webhook,
             on_webhook=self.discovery.on_webhook,
+            rooms=self.ownership.report,
         )
 
     def _session_event(self, session: RoomSession, event: Event) -> None:
@@ -177,8 +201,10 @@ class Bridge:
                 )
         await self.ops.start()
         self.fanout.start()
-        for room in self.settings.rooms.static:
-            self.supervisor.join(room)
+        if self.settings.ownership.mode == "static":
+            for room in self.settings.rooms.static:
+                self.supervisor.join(room)
+        self.ownership.start()  # sharded: the owned share of rooms.static is joined as ownership settles
         for source in self.command_sources:
             await source.start(self.commands.handle)
         self.discovery.start()
@@ -199,6 +225,7 @@ class Bridge:
         for source in self.command_sources:
             await source.aclose(COMMAND_DRAIN_S)
         await self.commands.aclose()
+        await self.ownership.handover()  # sharded: rooms go to other replicas before we leave them
         cs = self.commands.stats
         if cs.received:
             log.info(
@@ -214,6 +241,7 @@ class Bridge:
                 cs.apply_latency.percentile(99) * 1000,
             )
         await self.supervisor.aclose()
+        await self.ownership.aclose()
         if self._own_server_api is not None:
             await self._own_server_api.aclose()
         await self.fanout.aclose(FLUSH_DEADLINE_S)
@@ -243,7 +271,9 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
     await bridge.start()
     stopping = asyncio.create_task(stop.wait())
     rooms_done = asyncio.create_task(bridge.supervisor.wait())
-    await asyncio.wait({stopping, rooms_done}, return_when=asyncio.FIRST_COMPLETED)
+    # Sharded, a replica with no rooms now may be given some later: only a stop ends it.
+    waits = {stopping, rooms_done} if settings.ownership.mode == "static" else {stopping}
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     rooms_done.cancel()
     await bridge.aclose()

@@ -50,11 +50,14 @@ __all__ = [
     "KafkaSettings",
     "LiveKitSettings",
     "LoggingSettings",
+    "MediaSettings",
     "NatsSettings",
     "OutboxSettings",
+    "OwnershipSettings",
     "RoomsSettings",
     "Secret",
     "Settings",
+    "SubscribeRule",
     "check_config_main",
     "load_settings",
 ]
@@ -201,6 +204,9 @@ class LiveKitSettings(_Section):
     token_ttl_s: Seconds = 600.0
     can_publish: Flag = False
     can_update_own_metadata: Flag = False
+    # Join hidden (invisible to others). LiveKit blanks the sender of a hidden participant's data, so
+    # data the bridge sends shows its identity only with ``hidden: false``.
+    hidden: Flag = True
     auto_subscribe: Flag = False
     leave_deadline_s: Seconds = 5.0
     max_frame_bytes: Count = 2 * 1024 * 1024
@@ -233,6 +239,10 @@ class EventsSettings(_Section):
     data_format: Literal["protobuf", "json"] = "protobuf"
     include: Texts = ("*",)  # globs over the CloudEvents ``type``
     exclude: Texts = ()
+    # Also publish each completed text stream (chat, transcriptions) as one ``bridge.text_stream`` event.
+    assemble_text_streams: Flag = False
+    text_stream_max_bytes: Count = 1024 * 1024  # per stream; the rest is dropped (``truncated``)
+    text_streams_max_open: Count = 64  # per room; a new stream evicts the oldest unfinished one
 
     def selects(self, event_type: str) -> bool:
         """True if ``event_type`` matches an ``include`` glob and no ``exclude`` glob."""
@@ -261,6 +271,9 @@ class CommandsSettings(_Section):
     dedup_window_s: Seconds = 600.0
     dedup_max_ids: Count = 100_000
     max_in_flight: Count = 1_000  # commands received and not yet settled; fetching pauses beyond it
+    # ``bridge.send_data``: on the bridge's own data channel (its publisher PeerConnection), falling back
+    # to the server API when that cannot be set up; or always through the server API (``SendData``).
+    send_data_via: Literal["data_channel", "server_api"] = "data_channel"
 
     def allowed_set(self) -> frozenset[str]:
         from bridge.commands.model import DEFAULT_ALLOWED
@@ -281,9 +294,16 @@ class KafkaSettings(_Section):
     events_topic: KafkaTopic = "livekit.events"
     commands_topic: KafkaTopic = "livekit.commands"
     dead_letter_topic: KafkaTopic = "livekit.commands.dlq"
+    # "started" markers that keep a crash from applying a command twice; None turns them off (then a
+    # command in flight at a crash may be applied again). Give it retention >= commands.dedup_window_s.
+    commands_state_topic: KafkaTopic | None = "livekit.commands.state"
     commands_group_id: Text = "livekit-bridge"
     commands_offset_reset: Literal["latest", "earliest"] = "latest"  # for a group with no commit yet
     commit_interval_s: Seconds = 0.2
+    # How long the broker may hold a commands fetch open when there is nothing new. Kafka answers as
+    # soon as records arrive; some Kafka-protocol brokers (tansu) wait the whole time, so it bounds
+    # command latency there. 20 ms costs ~50 empty fetches/s per replica when idle.
+    commands_fetch_max_wait_s: Annotated[float, Field(strict=True, gt=0, le=10, allow_inf_nan=False)] = 0.02
     enable_idempotence: Flag = True
     acks: Literal["all", 0, 1] = "all"
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
@@ -297,6 +317,9 @@ class KafkaSettings(_Section):
     ssl_cafile: File | None = None
     ssl_certfile: File | None = None
     ssl_keyfile: File | None = None
+    # The command consumer's group session: a replica that stops heartbeating loses its partitions (and,
+    # with ``ownership.mode: kafka``, its rooms) after this long.
+    session_timeout_s: Annotated[float, Field(strict=True, ge=1, le=300, allow_inf_nan=False)] = 10.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -306,6 +329,8 @@ class KafkaSettings(_Section):
             raise _FieldProblem("commands_topic", "must differ from events_topic")
         if self.dead_letter_topic in (self.events_topic, self.commands_topic):
             raise _FieldProblem("dead_letter_topic", "must differ from events_topic and commands_topic")
+        if self.commands_state_topic in (self.events_topic, self.commands_topic, self.dead_letter_topic):
+            raise _FieldProblem("commands_state_topic", "must differ from the other topics")
         sasl = self.security_protocol in _SASL
         for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
             given = getattr(self, name) is not None
@@ -375,7 +400,7 @@ class NatsSettings(_Section):
         return self.dead_letter_subject or f"{self.subject_prefix}.dlq.commands"
 
 
-_OPS_PATHS: Final = ("/livez", "/readyz", "/metrics")
+_OPS_PATHS: Final = ("/livez", "/readyz", "/metrics", "/rooms")
 
 
 def _webhook_path(value: str) -> str:
@@ -427,6 +452,42 @@ class DiscoverySettings(_Section):
     auto_join: Flag = True
 
 
+class OwnershipSettings(_Section):
+    """Which of the candidate rooms (``rooms.static`` plus discovery) this replica runs."""
+
+    # static: all of them. kafka: those whose partition of kafka.commands_topic the consumer group assigns
+    # to this replica. nats: those whose JetStream KV lease this replica holds.
+    mode: Literal["static", "kafka", "nats"] = "static"
+    # A room given up keeps its socket until the new owner's join evicts it, at most this long.
+    handover_timeout_s: Seconds = 15.0
+    # nats: lease length; a crashed replica's rooms are claimed again about this long after it died.
+    lease_ttl_s: Annotated[float, Field(strict=True, ge=1, le=3600, allow_inf_nan=False)] = 10.0
+    # nats: at most this many rooms per replica (None: the fair share of the candidates only).
+    capacity: Count | None = None
+    bucket: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "livekit-bridge-ownership"
+    # nats: this replica's name in the bucket (default: host name, process id and a random suffix).
+    replica_id: Text | None = None
+
+
+class SubscribeRule(_Section):
+    """One ``media.subscribe`` rule: a remote track matches when all three fields match."""
+
+    kind: Literal["*", "audio", "video"] = "*"
+    source: Literal["*", "camera", "microphone", "screen_share", "screen_share_audio", "unknown"] = "*"
+    identity: Text = "*"  # glob over the publisher's identity
+
+
+class MediaSettings(_Section):
+    """What the bridge receives over WebRTC, and where it may record."""
+
+    # Tracks to subscribe to (any rule matching is enough); empty: none. VP9/AV1-only tracks are skipped.
+    subscribe: tuple[SubscribeRule, ...] = ()
+    # ``bridge.record_track`` writes below this directory (its ``path`` is relative); None: refused.
+    recordings_dir: Path | None = None
+    max_recordings: Count = 8  # per room, at the same time
+    recording_queue_frames: Count = 512  # per recording; beyond it frames are dropped and counted
+
+
 class Settings(_Section):
     """Everything the bridge is configured with. Build it with :func:`load_settings`."""
 
@@ -440,6 +501,17 @@ class Settings(_Section):
     outbox: OutboxSettings = OutboxSettings()
     logging: LoggingSettings = LoggingSettings()
     discovery: DiscoverySettings = DiscoverySettings()
+    media: MediaSettings = MediaSettings()
+    ownership: OwnershipSettings = OwnershipSettings()
+
+    @model_validator(mode="after")
+    def _ownership_backend(self) -> Self:
+        mode = self.ownership.mode
+        if mode == "kafka" and (self.kafka is None or not self.commands.enabled):
+            raise _FieldProblem("ownership.mode", "kafka needs the kafka section and commands.enabled")
+        if mode == "nats" and self.nats is None:
+            raise _FieldProblem("ownership.mode", "nats needs the nats section")
+        return self
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets replaced by ``**********``."""

@@ -18,20 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import yaml
 from livekit.protocol import models
+from livekit.protocol.rtc import UpdateParticipantMetadata
 
+from bridge._proto.events_pb2 import CommandResult
 from bridge.app import Bridge
+from bridge.bus.bindings import room_token
 from bridge.bus.memory import InMemoryBus
+from bridge.bus.memory_commands import MemoryCommandSource
 from bridge.config import Settings
 from bridge.demo_services import (
     EmbeddedNats,
@@ -42,6 +48,8 @@ from bridge.demo_services import (
     find_nats_server,
     find_tansu,
 )
+from bridge.errors import BridgeError
+from bridge.send import decode_result, envelope, send_kafka, send_nats
 from bridge.sim.scenario import Scenario
 from bridge.sim.server import SimConfig, SimServer
 from bridge.tail import KafkaSource, NatsSource, Source, format_line, output_width, pump, short_type
@@ -52,6 +60,9 @@ API_KEY: Final = "demo"
 IDENTITY: Final = "livekit-bridge"
 PREFIX: Final = "livekit"
 TOPIC: Final = "livekit.events"
+COMMANDS_TOPIC: Final = "livekit.commands"
+STATE_TOPIC: Final = "livekit.commands.state"
+DLQ_TOPIC: Final = "livekit.commands.dlq"
 JOIN_DEADLINE_S: Final = 10.0
 SCENARIO_DEADLINE_S: Final = 20.0
 DRAIN_DEADLINE_S: Final = 5.0
@@ -133,8 +144,32 @@ async def _until(condition: Callable[[], bool], deadline_s: float) -> bool:
     return True
 
 
-async def _play(server: SimServer, bridge: Bridge, room: str, path: Path, out: TextIO) -> bool:
-    """Start the bridge, wait until it owns the room, play the script; False if it never joined."""
+CommandSender = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _command_round_trip(bridge: Bridge, room: str, send: CommandSender, out: TextIO) -> bool:
+    """Send one command over the bus (as a user would) and print its result; False if none came."""
+    if not await _until(lambda: all(s.ready for s in bridge.command_sources), JOIN_DEADLINE_S):
+        print("the bridge is not consuming commands; no command round trip", file=out)
+        return False
+    message = UpdateParticipantMetadata(metadata='{"status": "recording"}')
+    event = envelope(room, "io.livekit.command.update_metadata.v1", f"demo-{secrets.token_hex(4)}", message)
+    try:
+        doc = await send(room, event)
+    except BridgeError as exc:
+        print(f"command      no result: {exc}", file=out)
+        return False
+    result = decode_result(doc)
+    status = CommandResult.Status.Name(result.status).removeprefix("STATUS_").lower()
+    print(f"command      update_metadata -> {status} (result event id {doc.get('id')})", file=out, flush=True)
+    return result.status == CommandResult.STATUS_APPLIED
+
+
+async def _play(
+    server: SimServer, bridge: Bridge, room: str, path: Path, out: TextIO, *, send: CommandSender
+) -> bool:
+    """Start the bridge, wait until it owns the room, play the script, send a command; False if the
+    bridge never joined or the command got no result."""
     await bridge.start()
     session = bridge.supervisor.sessions[room]
     if not await _until(lambda: _bridge_active(server, room), JOIN_DEADLINE_S):
@@ -144,11 +179,7 @@ async def _play(server: SimServer, bridge: Bridge, room: str, path: Path, out: T
     await session.media.wait_connected(JOIN_DEADLINE_S)
     async with asyncio.timeout(SCENARIO_DEADLINE_S):
         await Scenario(server).run_file(path)
-    # --- command round trip ---------------------------------------------------------------------------
-    # DESIGN §3 has the demo send a command over the bus and print its command_result event. That
-    # arrives with the commands feature (bridge/commands/); until then nothing is sent or simulated here.
-    # --------------------------------------------------------------------------------------------------
-    return True
+    return await _command_round_trip(bridge, room, send, out)
 
 
 async def run_demo(
@@ -242,6 +273,7 @@ async def _run(
                 "identity": IDENTITY,
                 "reconnect_backoff_initial_s": 0.05,
                 "reconnect_backoff_max_s": 0.5,
+                "can_update_own_metadata": True,  # the command round trip updates it
             },
             "rooms": {"static": [room]},
             "http": {"listen": "127.0.0.1:0"},  # the demo needs no fixed port: any free loopback one
@@ -260,7 +292,8 @@ async def _run(
                 "enable_idempotence": False,
             }
             print(f"tansu        {tansu.bootstrap}  pid {tansu.pid}, Kafka protocol, in memory", file=out)
-            await _create_topic(tansu.bootstrap, TOPIC)
+            for topic in (TOPIC, COMMANDS_TOPIC, STATE_TOPIC, DLQ_TOPIC):
+                await _create_topic(tansu.bootstrap, topic)
             source = KafkaSource(tansu.bootstrap, topic=TOPIC, from_beginning=True, topic_wait_s=5.0)
         elif isinstance(nats_proc, EmbeddedNats):
             source = NatsSource(nats_proc.url, prefix=PREFIX)
@@ -280,10 +313,15 @@ async def _run(
 
         stop_printing = asyncio.Event()
         printer = asyncio.create_task(pump(source, show, stop=stop_printing))
+        send, memory_commands = _command_sender(nats_proc, tansu)
         try:
-            bridge = Bridge(settings, publishers=[memory] if memory is not None else None)
+            bridge = Bridge(
+                settings,
+                publishers=[memory] if memory is not None else None,
+                command_sources=[memory_commands] if memory_commands is not None else None,
+            )
             try:
-                played = await _play(server, bridge, room, path, out)
+                played = await _play(server, bridge, room, path, out, send=send)
             finally:
                 await bridge.aclose()  # leaves the room (session_ended) and flushes the outboxes
             emitted = sum(s.mapper.sequence for s in bridge.supervisor.sessions.values())
@@ -297,7 +335,6 @@ async def _run(
             return 1
 
     seen = sum(counts.values())
-    print("(command round trip: not in this build yet; it comes with the commands feature)", file=out)
     print(f"demo done: {seen} CloudEvents in {time.monotonic() - began:.1f} s, by type:", file=out)
     for kind, n in sorted(counts.items()):
         print(f"  {n:4d}  {kind}", file=out)
@@ -305,3 +342,28 @@ async def _run(
         print(f"missing: the bridge emitted {emitted} events but {seen} arrived", file=out)
         return 1
     return 0 if seen else 1
+
+
+async def _send_in_memory(source: MemoryCommandSource, room: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The in-memory bus's command path: the same parsing as NATS, answered like a NATS request."""
+    subject = f"{PREFIX}.commands.{room_token(room)}"
+    delivery = await source.submit_nats(subject, json.dumps(event).encode())
+    await asyncio.wait_for(delivery.finished.wait(), 10)
+    doc: dict[str, Any] = json.loads(delivery.reply_payload or b"{}")
+    return doc
+
+
+def _command_sender(
+    nats_proc: ServiceProcess | None, tansu: ServiceProcess | None
+) -> tuple[CommandSender, MemoryCommandSource | None]:
+    """How the demo sends its command: a NATS request, a Kafka record, or the in-memory source."""
+    if isinstance(nats_proc, EmbeddedNats):
+        url = nats_proc.url
+        return (lambda room, event: send_nats(url, PREFIX, room, event, timeout_s=10)), None
+    if isinstance(tansu, EmbeddedTansu):
+        bootstrap = tansu.bootstrap
+        return (
+            lambda room, event: send_kafka(bootstrap, COMMANDS_TOPIC, TOPIC, room, event, timeout_s=20)
+        ), None
+    source = MemoryCommandSource(prefix=PREFIX)
+    return partial(_send_in_memory, source), source

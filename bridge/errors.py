@@ -23,7 +23,8 @@
     │  ├─ BusUnavailable                retriable
     │  └─ PublishFailed                 retriable unless the broker rejected the record
     ├─ MediaError
-    │  └─ NegotiationFailed
+    │  ├─ NegotiationFailed
+    │  └─ RecordingRefused              a record_track / stop_recording the bridge cannot do: ``code``
     ├─ ServerApiError                   LiveKit's server API (Twirp) refused or failed a call: ``code``,
     │                                   ``retriable`` for unavailable / timeout / internal / 5xx
     ├─ WebhookRefused                   a POST that is not a LiveKit webhook signed with our key: ``reason``
@@ -148,6 +149,15 @@ class MediaError(BridgeError):
 
 class NegotiationFailed(MediaError):
     """An SDP offer or answer could not be applied."""
+
+
+class RecordingRefused(MediaError):
+    """A recording command that cannot be carried out; ``code`` says why (``unsupported``, ``not_found``,
+    ``invalid_path``, ``exists``, ``busy``, ``limit``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ServerApiError(BridgeError):

@@ -220,6 +220,24 @@ BRIDGE_EVENTS: Final[dict[str, Any]] = {
         "commandType": "io.livekit.command.bridge.send_data.v1",
         "status": "STATUS_APPLIED",
     },
+    "text_stream": {
+        "streamId": "st-71b",
+        "topic": "lk.chat",
+        "text": "Good morning everyone",
+        "participantIdentity": "alice",
+        "timestamp": "1749547812345",
+        "mimeType": "text/plain",
+        "chunks": 1,
+    },
+    "recording_finished": {
+        "trackSid": "TR_AMb0bMic",
+        "path": "standup/bob-mic.ogg",
+        "codec": "opus",
+        "frames": "1500",
+        "bytes": "96000",
+        "durationS": 30.0,
+        "reason": "duration",
+    },
 }
 
 # Signal commands: the SignalRequest oneof field -> data.
@@ -270,6 +288,8 @@ BRIDGE_COMMANDS: Final[dict[str, Any]] = {
         "payload": '{"day":"today"}',
         "responseTimeoutMs": 5000,
     },
+    "record_track": {"trackSid": "TR_AMb0bMic", "path": "standup/bob-mic.ogg", "durationS": 30},
+    "stop_recording": {"trackSid": "TR_AMb0bMic"},
 }
 
 # What each signal command does (livekit-signaling.md §5.1, SignalRequest).

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from livekit.protocol import models as livekit__models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n livekit/bridge/v1/commands.proto\x12\x11livekit.bridge.v1\x1a\x14livekit_models.proto\"Y\n\x08SendData\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65stination_identities\x18\x03 \x03(\t\x12\r\n\x05lossy\x18\x04 \x01(\x08\"\x18\n\x08JoinRoom\x12\x0c\n\x04room\x18\x01 \x01(\t\"\x19\n\tLeaveRoom\x12\x0c\n\x04room\x18\x01 \x01(\t\"?\n\tMuteTrack\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\ttrack_sid\x18\x02 \x01(\t\x12\r\n\x05muted\x18\x03 \x01(\x08\"%\n\x11RemoveParticipant\x12\x10\n\x08identity\x18\x01 \x01(\t\"\xf6\x01\n\x11UpdateParticipant\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x10\n\x08metadata\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12H\n\nattributes\x18\x04 \x03(\x0b\x32\x34.livekit.bridge.v1.UpdateParticipant.AttributesEntry\x12\x32\n\npermission\x18\x05 \x01(\x0b\x32\x1e.livekit.ParticipantPermission\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x12UpdateRoomMetadata\x12\x10\n\x08metadata\x18\x01 \x01(\t\"h\n\nPerformRpc\x12\x1c\n\x14\x64\x65stination_identity\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\t\x12\x1b\n\x13response_timeout_ms\x18\x04 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n livekit/bridge/v1/commands.proto\x12\x11livekit.bridge.v1\x1a\x14livekit_models.proto\"Y\n\x08SendData\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65stination_identities\x18\x03 \x03(\t\x12\r\n\x05lossy\x18\x04 \x01(\x08\"\x18\n\x08JoinRoom\x12\x0c\n\x04room\x18\x01 \x01(\t\"\x19\n\tLeaveRoom\x12\x0c\n\x04room\x18\x01 \x01(\t\"?\n\tMuteTrack\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x11\n\ttrack_sid\x18\x02 \x01(\t\x12\r\n\x05muted\x18\x03 \x01(\x08\"%\n\x11RemoveParticipant\x12\x10\n\x08identity\x18\x01 \x01(\t\"\xf6\x01\n\x11UpdateParticipant\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x10\n\x08metadata\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12H\n\nattributes\x18\x04 \x03(\x0b\x32\x34.livekit.bridge.v1.UpdateParticipant.AttributesEntry\x12\x32\n\npermission\x18\x05 \x01(\x0b\x32\x1e.livekit.ParticipantPermission\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x12UpdateRoomMetadata\x12\x10\n\x08metadata\x18\x01 \x01(\t\"h\n\nPerformRpc\x12\x1c\n\x14\x64\x65stination_identity\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\t\x12\x1b\n\x13response_timeout_ms\x18\x04 \x01(\r\"B\n\x0bRecordTrack\x12\x11\n\ttrack_sid\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nduration_s\x18\x03 \x01(\x02\"\"\n\rStopRecording\x12\x11\n\ttrack_sid\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,4 +52,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEROOMMETADATA']._serialized_end=612
   _globals['_PERFORMRPC']._serialized_start=614
   _globals['_PERFORMRPC']._serialized_end=718
+  _globals['_RECORDTRACK']._serialized_start=720
+  _globals['_RECORDTRACK']._serialized_end=786
+  _globals['_STOPRECORDING']._serialized_start=788
+  _globals['_STOPRECORDING']._serialized_end=822
 # @@protoc_insertion_point(module_scope)

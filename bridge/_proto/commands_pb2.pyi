@@ -86,3 +86,19 @@ class PerformRpc(_message.Message):
     payload: str
     response_timeout_ms: int
     def __init__(self, destination_identity: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[str] = ..., response_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class RecordTrack(_message.Message):
+    __slots__ = ("track_sid", "path", "duration_s")
+    TRACK_SID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    track_sid: str
+    path: str
+    duration_s: float
+    def __init__(self, track_sid: _Optional[str] = ..., path: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...
+
+class StopRecording(_message.Message):
+    __slots__ = ("track_sid",)
+    TRACK_SID_FIELD_NUMBER: _ClassVar[int]
+    track_sid: str
+    def __init__(self, track_sid: _Optional[str] = ...) -> None: ...

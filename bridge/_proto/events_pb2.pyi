@@ -114,3 +114,62 @@ class CommandResult(_message.Message):
     message: str
     response: bytes
     def __init__(self, command_id: _Optional[str] = ..., command_type: _Optional[str] = ..., status: _Optional[_Union[CommandResult.Status, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., response: _Optional[bytes] = ...) -> None: ...
+
+class TextStream(_message.Message):
+    __slots__ = ("stream_id", "topic", "text", "participant_identity", "timestamp", "attributes", "mime_type", "operation_type", "reply_to_stream_id", "attached_stream_ids", "generated", "chunks", "truncated", "reason")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_STREAM_IDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    topic: str
+    text: str
+    participant_identity: str
+    timestamp: int
+    attributes: _containers.ScalarMap[str, str]
+    mime_type: str
+    operation_type: _livekit_models_pb2.DataStream.OperationType
+    reply_to_stream_id: str
+    attached_stream_ids: _containers.RepeatedScalarFieldContainer[str]
+    generated: bool
+    chunks: int
+    truncated: bool
+    reason: str
+    def __init__(self, stream_id: _Optional[str] = ..., topic: _Optional[str] = ..., text: _Optional[str] = ..., participant_identity: _Optional[str] = ..., timestamp: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., mime_type: _Optional[str] = ..., operation_type: _Optional[_Union[_livekit_models_pb2.DataStream.OperationType, str]] = ..., reply_to_stream_id: _Optional[str] = ..., attached_stream_ids: _Optional[_Iterable[str]] = ..., generated: bool = ..., chunks: _Optional[int] = ..., truncated: bool = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RecordingFinished(_message.Message):
+    __slots__ = ("track_sid", "path", "codec", "frames", "bytes", "duration_s", "dropped", "reason")
+    TRACK_SID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    track_sid: str
+    path: str
+    codec: str
+    frames: int
+    bytes: int
+    duration_s: float
+    dropped: int
+    reason: str
+    def __init__(self, track_sid: _Optional[str] = ..., path: _Optional[str] = ..., codec: _Optional[str] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., duration_s: _Optional[float] = ..., dropped: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -25,6 +25,9 @@ class Delivery(Protocol):
 
     via: str  # "kafka", "nats", "memory"
     received_at: float  # time.monotonic() when the source took it off the wire
+    # A redelivery that an earlier process had started without publishing a result: it may have taken
+    # effect, so it must not be applied again (the runner answers ``failed/interrupted``).
+    interrupted: bool
 
     def parse(self) -> RawCommand:
         """The transport-neutral command; raises InvalidCommand for a message that is not one."""

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata
@@ -96,6 +97,8 @@ class KafkaDelivery:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     received_at: float
+    # A previous owner had started this record and no result was found: it may have been applied.
+    interrupted: bool = False
     via: str = "kafka"
 
     def parse(self) -> RawCommand:
@@ -149,7 +152,10 @@ class KafkaCommandSource:
         self._starting_clients: tuple[Any, ...] = ()
         self._handler: Handler | None = None
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
-        self._recover: set[TopicPartition] = set()
+        self._needs_recovery: set[TopicPartition] = set()
+        # Commands-topic partition -> offsets a previous owner had started (state topic markers).
+        self._started_before: dict[int, set[int]] = {}
+        self._state_topic = settings.commands_state_topic
         self._generation = 0  # bumped on every assignment: settles of an older one are ignored
         self._in_flight = 0
         self._room = asyncio.Event()  # set while in_flight < max_in_flight
@@ -182,8 +188,12 @@ class KafkaCommandSource:
             enable_auto_commit=False,
             auto_offset_reset=s.commands_offset_reset,
             session_timeout_ms=int(self._session_timeout_s * 1000),
-            heartbeat_interval_ms=int(self._session_timeout_s * 1000 / 4),
+            # Frequent heartbeats: survivors hear of a rebalance (a replica died) sooner.
+            heartbeat_interval_ms=int(self._session_timeout_s * 1000 / 10),
             max_poll_interval_ms=300_000,
+            # Sticky: after a rebalance most partitions (and so rooms) stay where they were.
+            partition_assignment_strategy=(StickyPartitionAssignor,),
+            fetch_max_wait_ms=int(s.commands_fetch_max_wait_s * 1000),
             **options,
         )
         producer = AIOKafkaProducer(
@@ -196,7 +206,8 @@ class KafkaCommandSource:
         # Held here while starting so aclose can stop them even if it cancels this start half-way.
         self._starting_clients = (consumer, producer)
         try:
-            async with asyncio.timeout(10.0):
+            # Joining can wait out a crashed member's session before the group settles.
+            async with asyncio.timeout(self._session_timeout_s + 10.0):
                 await producer.start()
                 await consumer.start()
         except BaseException:
@@ -234,11 +245,16 @@ class KafkaCommandSource:
             await self._room.wait()
             free = max(1, self._max_in_flight - self._in_flight)
             batch = await consumer.getmany(timeout_ms=200, max_records=min(500, free))
+            if not batch:
+                continue
             now = time.monotonic()
             for tp, records in batch.items():
-                if tp in self._recover and records:
-                    self._recover.discard(tp)
-                    await self._recover_results(records[0].timestamp - RECOVERY_SKEW_MS)
+                if tp in self._needs_recovery and records:
+                    self._needs_recovery.discard(tp)
+                    await self._recover(records[0].timestamp - RECOVERY_SKEW_MS)
+            await self._mark_started(batch)
+            for tp, records in batch.items():
+                started_before = self._started_before.get(tp.partition, set())
                 for record in records:
                     offsets = self._offsets.get(tp)
                     if offsets is None:
@@ -258,8 +274,39 @@ class KafkaCommandSource:
                             record.value,
                             tuple(record.headers or ()),
                             now,
+                            interrupted=record.offset in started_before,
                         )
                     )
+
+    async def _mark_started(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Write a "started" marker per record to the state topic, and wait for the broker, before any of
+        them is applied: after a crash, a started record without a published result is reported as
+        interrupted instead of being applied a second time."""
+        topic = self._state_topic
+        if topic is None:
+            return
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                futures = []
+                for tp, records in batch.items():
+                    done = self._started_before.get(tp.partition, set())
+                    for record in records:
+                        if record.offset in done:
+                            continue  # a redelivery: its marker exists
+                        key = f"{tp.topic}:{tp.partition}:{record.offset}".encode()
+                        command_id = dict(record.headers or ()).get("ce_id", b"")
+                        futures.append(await self._producer.send(topic, value=command_id, key=key))
+                if futures:
+                    await asyncio.gather(*futures)
+                return
+            except (KafkaError, OSError, TimeoutError) as exc:
+                if self._closing:
+                    raise
+                why = type(exc).__name__
+                log.warning("kafka: cannot write started markers to %s (%s); retrying", topic, why)
+                await asyncio.sleep(delay)  # backoff: applying without the marker would risk doubles
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def aclose(self, deadline_s: float) -> None:
         """Stop fetching, let started deliveries settle (up to ``deadline_s``), commit, disconnect."""
@@ -327,12 +374,13 @@ class KafkaCommandSource:
 
     async def assigned(self, assigned: list[TopicPartition]) -> None:
         self._generation += 1
-        consumer = self._consumer
+        # Called from inside consumer.start() for the first assignment, before _consumer is set.
+        consumer = self._consumer or (self._starting_clients[0] if self._starting_clients else None)
         for tp in assigned:
             self._offsets[tp] = PartitionOffsets()
             committed = await consumer.committed(tp) if consumer is not None else None
-            if committed is not None and self._on_recovered is not None:
-                self._recover.add(tp)
+            if committed is not None:
+                self._needs_recovery.add(tp)
         self.assignment = frozenset(assigned)
         log.info("kafka: command partitions assigned: %s", sorted(tp.partition for tp in assigned))
         await self._tell_assignment()
@@ -358,23 +406,33 @@ class KafkaCommandSource:
         await self._commit(only=revoked)
         for tp in revoked:
             self._offsets.pop(tp, None)
-            self._recover.discard(tp)
+            self._needs_recovery.discard(tp)
         self.assignment = frozenset(tp for tp in self.assignment if tp not in revoked)
         await self._tell_assignment()
 
     # ------------------------------------------------------------------ recovery
 
-    async def _recover_results(self, since_ms: int) -> None:
-        """Feed ``on_recovered`` with the command results published on the events topic since ``since_ms``."""
-        if self._on_recovered is None:
-            return
-        topic = self._settings.events_topic
+    async def _recover(self, since_ms: int) -> None:
+        """Before applying redelivered commands: learn which results were published (events topic) and
+        which records a previous owner had started (state topic), both since ``since_ms``."""
         started = time.monotonic()
+        results = await self._scan(self._settings.events_topic, since_ms, self._recovered_from)
+        markers = 0
+        if self._state_topic is not None:
+            markers = await self._scan(self._state_topic, since_ms, self._started_from)
+        self.recovered += results
+        log.info(
+            "kafka: recovered %d command results and %d started markers in %.2fs",
+            results,
+            markers,
+            time.monotonic() - started,
+        )
+
+    async def _scan(self, topic: str, since_ms: int, take: Callable[[Any], int]) -> int:
+        """Read every record of ``topic`` from ``since_ms`` to the current end through ``take``."""
+        options = client_options(self._settings)
         scanner = AIOKafkaConsumer(
-            client_id=self._client_id,
-            group_id=None,
-            enable_auto_commit=False,
-            **client_options(self._settings),
+            client_id=self._client_id, group_id=None, enable_auto_commit=False, **options
         )
         found = 0
         try:
@@ -382,43 +440,50 @@ class KafkaCommandSource:
             partitions = await self._producer.partitions_for(topic)
             tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
             if not tps:
-                return
+                return 0
             scanner.assign(tps)
             starts = await scanner.offsets_for_times(dict.fromkeys(tps, max(0, since_ms)))
             ends = await scanner.end_offsets(tps)
             todo = {}
             for tp in tps:
                 start = starts.get(tp)
-                if start is None or start.offset >= ends[tp]:
-                    continue
+                if start is None:
+                    continue  # nothing written since since_ms
                 scanner.seek(tp, start.offset)
-                todo[tp] = ends[tp]
+                todo[tp] = max(ends[tp], start.offset)
+            # Read until caught up with the end offsets AND a fetch comes back empty: some Kafka-protocol
+            # brokers (tansu) under-report the end offset after a multi-record batch, and stopping at it
+            # would miss exactly the newest markers, the ones that matter.
             while todo:
-                batch = await scanner.getmany(*todo, timeout_ms=500, max_records=5000)
-                for tp, records in batch.items():
+                batch = await scanner.getmany(*todo, timeout_ms=300, max_records=5000)
+                for records in batch.values():
                     for record in records:
-                        if record.offset < todo.get(tp, 0):
-                            found += self._recovered_from(record.headers or (), record.value)
-                    if records and records[-1].offset + 1 >= todo.get(tp, 0):
-                        todo.pop(tp, None)
+                        found += take(record)
                 if not batch:
                     for tp in list(todo):
                         if await scanner.position(tp) >= todo[tp]:
                             todo.pop(tp)
         except (KafkaError, OSError, TimeoutError) as exc:
             # Without the scan a redelivered command may be applied again: say so once, then go on.
-            log.warning(
-                "kafka: could not read past command results (%s); redeliveries may repeat", type(exc).__name__
-            )
+            why = type(exc).__name__
+            log.warning("kafka: could not read %s (%s); redeliveries may repeat", topic, why)
         finally:
             await _quietly(scanner.stop())
-        self.recovered += found
-        log.info(
-            "kafka: recovered %d command results from %s in %.2fs", found, topic, time.monotonic() - started
-        )
+        return found
 
-    def _recovered_from(self, headers: Iterable[tuple[str, bytes]], value: bytes | None) -> int:
-        attrs = {name.lower(): raw for name, raw in headers}
+    def _started_from(self, record: Any) -> int:
+        topic, _, position = (record.key or b"").decode(errors="replace").rpartition(":")
+        topic, _, partition = topic.rpartition(":")
+        if topic != self.topic or not partition.isdigit() or not position.isdigit():
+            return 0
+        self._started_before.setdefault(int(partition), set()).add(int(position))
+        return 1
+
+    def _recovered_from(self, record: Any) -> int:
+        if self._on_recovered is None:
+            return 0
+        value: bytes | None = record.value
+        attrs = {name.lower(): raw for name, raw in record.headers or ()}
         if attrs.get("ce_type") != RESULT_TYPE:
             return 0
         command_id = attrs.get("ce_lkcommandid", b"").decode(errors="replace")

@@ -24,6 +24,7 @@ class MemoryDelivery:
     build: tuple[str, tuple[object, ...]] = ("", ())
     received_at: float = field(default_factory=time.monotonic)
     via: str = "memory"
+    interrupted: bool = False
     reply_payload: bytes | None = None
     dead: tuple[str, str] | None = None
     settled: int = 0

@@ -48,6 +48,7 @@ class NatsDelivery:
     msg: Msg
     received_at: float
     via: str = "nats"
+    interrupted: bool = False  # core NATS never redelivers
 
     def parse(self) -> RawCommand:
         return RawCommand.from_nats(

@@ -49,6 +49,8 @@ BRIDGE_MESSAGES: Final[Mapping[str, type[Message]]] = MappingProxyType(
         "update_participant": commands_pb2.UpdateParticipant,
         "update_room_metadata": commands_pb2.UpdateRoomMetadata,
         "perform_rpc": commands_pb2.PerformRpc,
+        "record_track": commands_pb2.RecordTrack,
+        "stop_recording": commands_pb2.StopRecording,
     }
 )
 

@@ -34,6 +34,8 @@ BRIDGE_EVENTS: Final[dict[str, str]] = {
     "room_snapshot": "livekit.bridge.v1.RoomSnapshot",
     "gap": "livekit.bridge.v1.Gap",
     "command_result": "livekit.bridge.v1.CommandResult",
+    "text_stream": "livekit.bridge.v1.TextStream",
+    "recording_finished": "livekit.bridge.v1.RecordingFinished",
 }
 
 

@@ -18,8 +18,11 @@ What shapes the implementation (research ``media-aiortc.md`` §1.4, §2, §5.1 t
   is neutralised (inactive) instead of failing the whole offer; see :meth:`MediaPeer.unsupported_tracks`.
 * Remote trickle candidates wait until the remote description is set. aiortc never trickles its
   own candidates: they are in the answer SDP.
-* aiortc decodes every received track into an unbounded queue, so each remote track gets a
-  draining task at once (the future media-sink hook is ``on_frame``).
+* aiortc decodes every received track into an unbounded queue. The bridge taps each receiver's
+  encoded frames instead (:class:`_EncodedTap`, on aiortc's private decoder queue, pinned to aiortc
+  1.16 and covered by tests): they are counted per track and per kind and handed to ``on_encoded``
+  (the recorder), and reach the decoder only when an ``on_frame`` sink wants decoded frames. Each
+  remote track still gets a draining task at once, so whatever is decoded is consumed.
 * Nothing raised inside an aiortc event callback escapes: it is logged and counted.
 
 Errors from aiortc while applying an offer surface as :class:`bridge.errors.NegotiationFailed`
@@ -35,7 +38,7 @@ import json
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aiortc import (
     RTCBundlePolicy,
@@ -75,6 +78,10 @@ class MediaPeerStats:
     send_errors: int = 0
     tracks: int = 0
     frames_received: dict[str, int] = field(default_factory=dict)  # track id (or mid) -> frames
+    # Per kind ("audio" / "video"): bounded label sets for the metrics endpoint.
+    frames_by_kind: dict[str, int] = field(default_factory=dict)  # encoded frames received
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)  # encoded payload bytes received
+    dropped_by_kind: dict[str, int] = field(default_factory=dict)  # frames a sink had to drop
 
 
 @dataclass
@@ -85,6 +92,10 @@ class RemoteTrack:
     kind: str
     track_id: str
     frames: int = 0
+    bytes: int = 0
+    dropped: int = 0  # frames a sink (a recording) could not take
+    codec: str = ""  # of the latest frame, e.g. "opus", "VP8"
+    receiver: Any = field(default=None, repr=False)
 
 
 def ice_servers_to_aiortc(servers: Sequence[rtc.ICEServer]) -> list[Any]:
@@ -147,7 +158,10 @@ class MediaPeer:
     ``on_data(payload, label)`` is called for every message on a server-created data channel
     (``_reliable`` / ``_lossy`` / ``_data_track``); route by label, not by ``DataPacket.kind``.
     ``on_frame(track, frame)`` is the media-sink hook: called for every decoded frame of every
-    received track (frames are dropped after it returns).
+    received track (frames are dropped after it returns). Without it nothing is decoded.
+    ``on_encoded(track, codec, frame)`` sees every encoded frame (aiortc ``RTCRtpCodecParameters`` and
+    ``JitterFrame``: ``data``, ``timestamp`` from 0 in the codec's clock) as it is reassembled, and
+    ``on_track_ended(track)`` when its receiver stops.
     """
 
     def __init__(
@@ -157,11 +171,15 @@ class MediaPeer:
         room: str,
         on_data: Callable[[bytes, str], None] | None = None,
         on_frame: Callable[[RemoteTrack, Any], None] | None = None,
+        on_encoded: Callable[[RemoteTrack, Any, Any], None] | None = None,
+        on_track_ended: Callable[[RemoteTrack], None] | None = None,
     ) -> None:
         self._send = send
         self._room = room
         self._on_data = on_data
         self._on_frame = on_frame
+        self._on_encoded = on_encoded
+        self._on_track_ended = on_track_ended
         self._ice_servers: list[Any] = []
         self._pc: Any | None = None
         self._generation = 0  # bumped by reset(): work for an older PC is dropped
@@ -209,6 +227,21 @@ class MediaPeer:
 
     def tracks(self) -> list[RemoteTrack]:
         return list(self._tracks.values())
+
+    def track(self, track_id: str) -> RemoteTrack | None:
+        return next((t for t in self._tracks.values() if t.track_id == track_id), None)
+
+    def request_keyframe(self, track_id: str) -> bool:
+        """Send a PLI for this video track (e.g. a recording wants to start); False if not receiving it."""
+        remote = self.track(track_id)
+        if remote is None or remote.kind != "video" or remote.receiver is None:
+            return False
+        sources = remote.receiver.getSynchronizationSources()
+        if not sources:
+            return False
+        # aiortc has no public PLI call; the receiver's own (private) one is what its NACK path uses.
+        self._spawn(remote.receiver._send_rtcp_pli(sources[0].source))
+        return True
 
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
         """Apply a server offer to the subscriber PC and send the answer (``id`` echoed)."""
@@ -375,28 +408,59 @@ class MediaPeer:
                 self._guard(self._on_data, payload, label)
 
     def _remote_track(self, pc: Any, track: Any) -> None:
-        mid = next((str(t.mid) for t in pc.getTransceivers() if t.receiver.track is track), None)
+        transceiver = next((t for t in pc.getTransceivers() if t.receiver.track is track), None)
+        mid = str(transceiver.mid) if transceiver is not None else None
         key = mid if mid is not None else f"track:{track.id}"
         remote = RemoteTrack(
-            mid=key, kind=str(track.kind), track_id=self._mid_to_track.get(key) or str(track.id or key)
+            mid=key,
+            kind=str(track.kind),
+            track_id=self._mid_to_track.get(key) or str(track.id or key),
+            receiver=transceiver.receiver if transceiver is not None else None,
         )
         self._tracks[key] = remote
         self.stats.tracks += 1
         log.info("room=%s receiving %s track %s on mid %s", self._room, remote.kind, remote.track_id, mid)
-        self._spawn(self._drain(remote, track))
+        tapped = remote.receiver is not None and _EncodedTap.install(remote.receiver, self, remote)
+        self._spawn(self._drain(remote, track, counted=tapped))
 
-    async def _drain(self, remote: RemoteTrack, track: Any) -> None:
-        """Consume every frame: aiortc's per-track queue is unbounded."""
+    def _encoded(self, remote: RemoteTrack, codec: Any, frame: Any) -> None:
+        """One encoded frame of ``remote`` (called by its tap, on the event loop)."""
+        size = len(frame.data)
+        remote.frames += 1
+        remote.bytes += size
+        remote.codec = str(codec.name)
+        stats = self.stats
+        stats.frames_received[remote.track_id] = stats.frames_received.get(remote.track_id, 0) + 1
+        stats.frames_by_kind[remote.kind] = stats.frames_by_kind.get(remote.kind, 0) + 1
+        stats.bytes_by_kind[remote.kind] = stats.bytes_by_kind.get(remote.kind, 0) + size
+        if self._on_encoded is not None:
+            self._guard(self._on_encoded, remote, codec, frame)
+
+    def count_dropped(self, remote: RemoteTrack, frames: int = 1) -> None:
+        """A sink dropped ``frames`` of ``remote`` (its bounded queue was full)."""
+        remote.dropped += frames
+        self.stats.dropped_by_kind[remote.kind] = self.stats.dropped_by_kind.get(remote.kind, 0) + frames
+
+    def wants_decoded(self) -> bool:
+        return self._on_frame is not None
+
+    async def _drain(self, remote: RemoteTrack, track: Any, *, counted: bool) -> None:
+        """Consume every decoded frame: aiortc's per-track queue is unbounded."""
         frames = self.stats.frames_received
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return  # track ended (PC closed)
-            remote.frames += 1
-            frames[remote.track_id] = frames.get(remote.track_id, 0) + 1
-            if self._on_frame is not None:
-                self._guard(self._on_frame, remote, frame)
+        try:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return  # track ended (PC closed)
+                if not counted:  # no tap: count decoded frames instead
+                    remote.frames += 1
+                    frames[remote.track_id] = frames.get(remote.track_id, 0) + 1
+                if self._on_frame is not None:
+                    self._guard(self._on_frame, remote, frame)
+        finally:
+            if self._on_track_ended is not None:
+                self._guard(self._on_track_ended, remote)
 
     # ---------------------------------------------------------------------------- plumbing
 
@@ -447,3 +511,46 @@ class MediaPeer:
         self._mid_to_track.clear()
         self._unsupported.clear()
         self._last_offer = self._last_answer = None
+
+
+class _EncodedTap:
+    """Stands in for an aiortc receiver's private decoder queue (aiortc 1.16).
+
+    ``RTCRtpReceiver._handle_rtp_packet`` (on the event loop) puts each reassembled ``(codec,
+    JitterFrame)`` into ``self.__decoder_queue``, read by its decoder thread; ``None`` stops the thread.
+    The attribute is looked up at every put, and the thread is given it when the receiver starts, which
+    may be before or after the tap is installed: the tap therefore reads from the queue it replaced too.
+    It forwards ``None`` always and frames only when the peer wants decoded frames.
+    """
+
+    ATTRIBUTE: Final = "_RTCRtpReceiver__decoder_queue"
+
+    def __init__(self, inner: Any, peer: MediaPeer, remote: RemoteTrack) -> None:
+        self._inner = inner
+        self._peer = peer
+        self._remote = remote
+
+    @classmethod
+    def install(cls, receiver: Any, peer: MediaPeer, remote: RemoteTrack) -> bool:
+        inner = getattr(receiver, cls.ATTRIBUTE, None)
+        if inner is None or not hasattr(inner, "put"):
+            log.warning("aiortc receiver has no %s: encoded frames are not tapped", cls.ATTRIBUTE)
+            return False
+        if isinstance(inner, _EncodedTap):
+            inner._remote = remote  # a reused m-line: same receiver, new track
+            return True
+        setattr(receiver, cls.ATTRIBUTE, cls(inner, peer, remote))
+        return True
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        """The decoder thread's side (when it starts after the tap was installed)."""
+        return self._inner.get(*args, **kwargs)
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            self._inner.put(None)
+            return
+        codec, frame = item
+        self._peer._encoded(self._remote, codec, frame)
+        if self._peer.wants_decoded():
+            self._inner.put(item)

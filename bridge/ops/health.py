@@ -7,6 +7,8 @@ Ready means all of:
 - the start-up joins have settled: each ``rooms.static`` room has joined once or has ended. This one
   latches: once settled, a room that later reconnects does not make the bridge unready (its own events
   say so), and a room that is gone for good does not either;
+- room ownership has settled (``ownership.mode`` kafka: a partition assignment is in place, not a
+  rebalance; nats: the first claim round is done);
 - the bridge is not stopping.
 
 ``/livez`` needs nothing from here: answering at all proves the event loop runs.
@@ -15,7 +17,7 @@ Ready means all of:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from bridge.bus.base import Publisher
 from bridge.bus.command_source import CommandSource
@@ -24,6 +26,13 @@ from bridge.rooms.supervisor import RoomSupervisor
 __all__ = ["Readiness"]
 
 MAX_ROOMS_NAMED: Final = 5  # a /readyz body names a few waiting rooms, not thousands
+
+
+class OwnershipState(Protocol):
+    @property
+    def mode(self) -> str: ...
+    @property
+    def settled(self) -> bool: ...
 
 
 class Readiness:
@@ -36,7 +45,9 @@ class Readiness:
         command_sources: Sequence[CommandSource],
         supervisor: RoomSupervisor,
         static_rooms: Sequence[str],
+        ownership: OwnershipState | None = None,
     ) -> None:
+        self._ownership = ownership
         self._publishers = publishers
         self._sources = command_sources
         self._supervisor = supervisor
@@ -50,6 +61,8 @@ class Readiness:
             out.append("stopping")
         out += [f"bus {p.name}: not connected" for p in self._publishers if not p.connected]
         out += [f"commands {s.name}: not subscribed" for s in self._sources if not s.ready]
+        if self._ownership is not None and not self._ownership.settled:
+            out.append(f"ownership ({self._ownership.mode}): not settled")
         if not self._rooms_settled:
             waiting = [room for room in self._static if not self._settled(room)]
             if waiting:

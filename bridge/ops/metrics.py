@@ -6,8 +6,8 @@ and :meth:`BridgeMetrics.render` reads those counters when ``/metrics`` is scrap
 Rules, enforced by :class:`Exposition` as families are added:
 
 - names start with ``bridge_``; counters end in ``_total``, histograms in ``_seconds`` or ``_bytes``;
-- labels come from :data:`LABELS` only (bounded values: bus, outcome, state, reason, webhook event),
-  never a room name, participant or id, whose values are unbounded.
+- labels come from :data:`LABELS` only (bounded values: bus, outcome, state, reason, webhook event,
+  media kind), never a room name, participant, track sid or id, whose values are unbounded.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from bridge.signaling.protocol import SessionState
 __all__ = ["CONTENT_TYPE", "LABELS", "LATENCY_BOUNDS_S", "BridgeMetrics", "Exposition"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-LABELS: Final = frozenset({"bus", "outcome", "state", "reason", "event", "version"})
+LABELS: Final = frozenset({"bus", "outcome", "state", "reason", "event", "version", "kind"})
+MEDIA_KINDS: Final = ("audio", "video")
 # Upper bounds (``le``) of the latency histograms, seconds: 0.5 ms .. 10 s.
 LATENCY_BOUNDS_S: Final = (
     0.0005,
@@ -150,11 +151,15 @@ class BridgeMetrics:
         # _retired. (Increments between a session's last scrape and its replacement are not seen.)
         self._seen: dict[str, tuple[int, int]] = {}
         self._retired = (0, 0)
+        # The same for the media and data counters of sessions: session id -> counter key -> value.
+        self._media_seen: dict[str, dict[str, int]] = {}
+        self._media_retired: dict[str, int] = {}
 
     def render(self) -> str:
         out = Exposition()
         out.gauge("bridge_build_info", "The running bridge's version.", 1, (("version", __version__),))
         self._rooms(out)
+        self._media(out)
         self._buses(out)
         self._commands_metrics(out)
         self._discovery_metrics(out)
@@ -192,6 +197,88 @@ class BridgeMetrics:
             "Full rejoins after LiveKit refused a resume.",
             rejoins + sum(j for _, j in now.values()),
         )
+
+    def _media(self, out: Exposition) -> None:
+        sessions = list(self._supervisor.sessions.values())
+        now: dict[str, dict[str, int]] = {}
+        for session in sessions:
+            media, counts = session.media.stats, {}
+            for kind in MEDIA_KINDS:
+                counts[f"frames:{kind}"] = media.frames_by_kind.get(kind, 0)
+                counts[f"bytes:{kind}"] = media.bytes_by_kind.get(kind, 0)
+                counts[f"dropped:{kind}"] = media.dropped_by_kind.get(kind, 0)
+            counts["data_received"] = media.data_messages
+            counts["data_sent"] = session.publisher.stats.data_sent
+            counts["side_dropped"] = session.side_dropped
+            streams = session.text_streams.stats if session.text_streams is not None else None
+            for outcome in ("completed", "truncated", "evicted", "orphans"):
+                counts[f"streams:{outcome}"] = getattr(streams, outcome, 0)
+            now[session.session_id] = counts
+        retired = self._media_retired
+        for sid, counts in self._media_seen.items():
+            if sid not in now:
+                for key, value in counts.items():
+                    retired[key] = retired.get(key, 0) + value
+        self._media_seen = now
+
+        def total(key: str) -> int:
+            return retired.get(key, 0) + sum(c.get(key, 0) for c in now.values())
+
+        live = [s for s in sessions if s.ended is None]
+        for kind in MEDIA_KINDS:
+            labels = (("kind", kind),)
+            out.gauge(
+                "bridge_media_tracks_receiving",
+                "Remote tracks the rooms receive, by kind.",
+                sum(1 for s in live for t in s.media.tracks() if t.kind == kind),
+                labels,
+            )
+            out.counter(
+                "bridge_media_frames_received_total",
+                "Encoded frames received, by kind.",
+                total(f"frames:{kind}"),
+                labels,
+            )
+            out.counter(
+                "bridge_media_received_bytes_total",
+                "Encoded media bytes received (RTP payloads), by kind.",
+                total(f"bytes:{kind}"),
+                labels,
+            )
+            out.counter(
+                "bridge_media_frames_dropped_total",
+                "Received frames a sink (a recording) dropped because its bounded queue was full, by kind.",
+                total(f"dropped:{kind}"),
+                labels,
+            )
+        out.gauge(
+            "bridge_recordings_active",
+            "Track recordings running.",
+            sum(len(s.recorder.recordings) for s in live),
+        )
+        out.counter(
+            "bridge_data_packets_received_total",
+            "Messages received on data channels.",
+            total("data_received"),
+        )
+        out.counter(
+            "bridge_data_packets_sent_total",
+            "Data packets sent on the bridge's own data channel.",
+            total("data_sent"),
+        )
+        out.counter(
+            "bridge_data_events_dropped_total",
+            "Data packets and gap reports dropped because a room's bounded side queue was full.",
+            total("side_dropped"),
+        )
+        for outcome in ("completed", "truncated", "evicted", "orphans"):
+            out.counter(
+                "bridge_text_streams_total",
+                "Text streams assembled (completed, of which truncated) or lost (evicted unfinished, orphan "
+                "pieces without a header).",
+                total(f"streams:{outcome}"),
+                (("outcome", outcome),),
+            )
 
     def _buses(self, out: Exposition) -> None:
         for publisher in self._publishers:
@@ -260,6 +347,11 @@ class BridgeMetrics:
             st.dead_lettered,
         )
         out.counter("bridge_commands_duplicates_total", "Redelivered commands ignored by id.", st.duplicates)
+        out.counter(
+            "bridge_commands_send_data_fallbacks_total",
+            "send_data commands sent through the server API because the bridge's data channel failed.",
+            st.send_data_fallbacks,
+        )
         out.histogram(
             "bridge_command_apply_latency_seconds",
             "Command received -> on the wire to LiveKit.",

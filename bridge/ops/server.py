@@ -1,5 +1,6 @@
-"""The bridge's one HTTP listener (``http.listen``): ``/livez``, ``/readyz``, ``/metrics`` and, with
-``discovery.webhook``, LiveKit's webhooks at ``http.webhook_path``.
+"""The bridge's one HTTP listener (``http.listen``): ``/livez``, ``/readyz``, ``/metrics``, ``/rooms`` (the
+rooms this replica owns and runs, as JSON) and, with ``discovery.webhook``, LiveKit's webhooks at
+``http.webhook_path``.
 
 It serves operators and LiveKit, never user traffic, so it is small: no access log (probes every few
 seconds would drown the real lines), and handlers that only read counters or hand a verified webhook on.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from livekit.protocol.webhook import WebhookEvent
@@ -37,7 +39,9 @@ class OpsServer:
         metrics: BridgeMetrics,
         webhook: WebhookVerifier | None = None,
         on_webhook: Callable[[WebhookEvent], bool] | None = None,
+        rooms: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        self._rooms = rooms
         self._settings = settings
         self.readiness = readiness
         self.metrics = metrics
@@ -56,6 +60,8 @@ class OpsServer:
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
+        if self._rooms is not None:
+            app.router.add_get("/rooms", self._rooms_page)
         if self._verifier is not None:
             app.router.add_post(self._settings.webhook_path, self._webhook)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -96,6 +102,10 @@ class OpsServer:
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _rooms_page(self, request: web.Request) -> web.Response:
+        assert self._rooms is not None
+        return web.json_response(self._rooms())
 
     async def _webhook(self, request: web.Request) -> web.Response:
         assert self._verifier is not None

@@ -12,12 +12,15 @@ Per delivery, in this order:
 4. apply: a signal command is sent on the room's signaling session; when LiveKit answers such requests
    (``request_response``, ``track_published``, data-track and blob responses) the result waits for the
    answer, off the lane, up to ``commands.response_timeout_s``. Bridge-level commands go through the
-   server API (or the supervisor, for ``join_room`` / ``leave_room``);
+   server API (or the supervisor, for ``join_room`` / ``leave_room``; ``send_data`` goes on the bridge's own
+   data channel unless ``commands.send_data_via`` says ``server_api``, falling back to the server API
+   when that channel cannot be set up; ``record_track`` / ``stop_recording`` go to the room's recorder);
 5. publish the result in the room's session (so it is numbered with the room's other events), reply
    to a request, settle the delivery.
 
 Rejection codes: ``not_allowed``, ``room_not_owned``. Failure codes: ``timeout``, ``unavailable`` (the
-room's session is not connected), ``unsupported``, LiveKit's ``RequestResponse.Reason`` in lower case
+room's session is not connected), ``unsupported``, ``interrupted`` (a redelivery after a crash that the
+crashed process had started: never applied twice), LiveKit's ``RequestResponse.Reason`` in lower case
 (``not_found``, ``not_allowed``, ...), or the server API's error code.
 """
 
@@ -43,7 +46,7 @@ from bridge.commands.model import Command
 from bridge.commands.translate import CorrelationKey, request_key, response_key, to_signal_request
 from bridge.commands.validate import CommandRejected, validate
 from bridge.config import CommandsSettings, LiveKitSettings
-from bridge.errors import BridgeError, BusError, InvalidCommand
+from bridge.errors import BridgeError, BusError, InvalidCommand, MediaError
 from bridge.events.cloudevent import CloudEvent, EventSink, SessionContext, source_uri
 from bridge.events.mapping import EventMapper
 from bridge.rooms.session import RoomSession, new_session_id
@@ -62,9 +65,11 @@ ROOM_NOT_OWNED: Final = "room_not_owned"
 TIMEOUT: Final = "timeout"
 UNAVAILABLE: Final = "unavailable"
 UNSUPPORTED: Final = "unsupported"
+INTERRUPTED: Final = "interrupted"
 
 NOT_CONNECTED: Final = "the room's signaling session is not connected"
 _FALLBACK_ROOMS_MAX: Final = 4096  # result mappers for rooms without a session
+MEDIA_COMMANDS: Final = frozenset({"record_track", "stop_recording"})  # applied by the room session
 
 
 class ServerApiPort(Protocol):
@@ -105,6 +110,7 @@ class RunnerStats:
     failed: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    send_data_fallbacks: int = 0  # bridge.send_data sent through the server API: no data channel
     apply_latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # received -> on the wire
 
 
@@ -192,6 +198,10 @@ class CommandRunner:
             await self._dead_letter(delivery, exc.code, exc.message)
             return
         if not self._first_delivery(command.id, delivery):
+            return
+        if delivery.interrupted:
+            why = "the bridge stopped while applying it; it may or may not have taken effect"
+            await self._finish_command(_Work(command, delivery), FAILED, INTERRUPTED, why)
             return
         lane = self._lanes.get(command.room)
         if lane is None:
@@ -367,6 +377,12 @@ class CommandRunner:
             await self._finish_command(work, APPLIED)
             self._supervisor.leave(cmd.room)
             return
+        via_channel = cmd.name == "send_data" and self._settings.send_data_via == "data_channel"
+        if via_channel and await self._send_data_on_channel(work, session):
+            return
+        if cmd.name in MEDIA_COMMANDS:
+            await self._apply_media(work, session)
+            return
         api = self._server_api
         if api is None:
             await self._finish_command(work, FAILED, UNSUPPORTED, "no LiveKit server API configured")
@@ -389,6 +405,32 @@ class CommandRunner:
             else:
                 await self._finish_command(work, FAILED, UNSUPPORTED, f"no handler for {cmd.type}")
                 return
+        except BridgeError as exc:
+            await self._finish_command(work, FAILED, getattr(exc, "code", "error"), str(exc))
+            return
+        self.stats.apply_latency.record(self._clock() - work.delivery.received_at)
+        await self._finish_command(work, APPLIED, response=response)
+
+    async def _send_data_on_channel(self, work: _Work, session: RoomSession) -> bool:
+        """``send_data`` on the bridge's own data channel; False: fall back to the server API."""
+        msg: Any = work.command.message
+        try:
+            await session.send_data(msg, timeout_s=self._settings.response_timeout_s)
+        except MediaError as exc:
+            if self._server_api is None:
+                await self._finish_command(work, FAILED, UNAVAILABLE, str(exc))
+                return True
+            self.stats.send_data_fallbacks += 1
+            log.warning("room=%s send_data over the server API: %s", work.command.room, exc)
+            return False
+        self.stats.apply_latency.record(self._clock() - work.delivery.received_at)
+        await self._finish_command(work, APPLIED)
+        return True
+
+    async def _apply_media(self, work: _Work, session: RoomSession) -> None:
+        """``record_track`` / ``stop_recording``: the room's recorder does the work."""
+        try:
+            response = await session.media_command(work.command.name, work.command.message)
         except BridgeError as exc:
             await self._finish_command(work, FAILED, getattr(exc, "code", "error"), str(exc))
             return

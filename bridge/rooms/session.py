@@ -20,11 +20,16 @@ from typing import Any, Final
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models, rtc
 
-from bridge._proto import events_pb2
-from bridge.config import EventsSettings, LiveKitSettings
+from bridge._proto import commands_pb2, events_pb2
+from bridge.config import EventsSettings, LiveKitSettings, MediaSettings
+from bridge.errors import RecordingRefused
 from bridge.events.cloudevent import CloudEvent, EventSink, SessionContext, source_uri
 from bridge.events.mapping import EventMapper, TypeFilter
-from bridge.media.peer import MediaPeer
+from bridge.events.streams import TextStreamAssembler
+from bridge.media.peer import MediaPeer, RemoteTrack
+from bridge.media.publisher import PublisherPeer
+from bridge.media.recorder import Recorder
+from bridge.media.subscriptions import SubscriptionPolicy
 from bridge.rooms.state import RoomState
 from bridge.signaling.auth import mint_join_token
 from bridge.signaling.connection import SignalConnection
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S: Final = 5.0
 SIDE_QUEUE: Final = 4096  # data packets and gap reports waiting to be emitted, per room
+_STREAM_PARTS: Final = frozenset({"stream_header", "stream_chunk", "stream_trailer"})
 Cause = events_pb2.RoomSnapshot.Cause
 
 SessionEventHandler = Callable[["RoomSession", Event], None]
@@ -65,6 +71,7 @@ class RoomSession:
         on_event: SessionEventHandler | None = None,
         sink: EventSink | None = None,
         events: EventsSettings | None = None,
+        media: MediaSettings | None = None,
     ) -> None:
         self.room = room
         self.session_id = new_session_id()
@@ -98,7 +105,30 @@ class RoomSession:
             mint_token=lambda: mint_join_token(settings, self.room),
             auto_subscribe=settings.auto_subscribe,
         )
-        self.media = MediaPeer(send=self._send_media, room=room, on_data=self._on_data)
+        self.recorder = Recorder(
+            root=media.recordings_dir if media else None,
+            room=room,
+            max_recordings=media.max_recordings if media else 1,
+            queue_frames=media.recording_queue_frames if media else 1,
+            request_keyframe=self._request_keyframe,
+            count_dropped=self._count_dropped,
+            on_finished=self._recording_finished,
+        )
+        self.media = MediaPeer(
+            send=self._send_media,
+            room=room,
+            on_data=self._on_data,
+            on_encoded=self.recorder.on_encoded,
+            on_track_ended=self.recorder.on_track_ended,
+        )
+        self.publisher = PublisherPeer(send=self._send_media, room=room)
+        self.text_streams: TextStreamAssembler | None = None
+        if events is not None and events.assemble_text_streams:
+            self.text_streams = TextStreamAssembler(
+                max_open=events.text_streams_max_open, max_bytes=events.text_stream_max_bytes
+            )
+        self.subscriptions = SubscriptionPolicy(media.subscribe if media else ())
+        self.data_sequence = 0  # DataPacket.sequence of the reliable packets the bridge sent
         self.request_ids = itertools.count(1)  # request_id for commands that leave it 0
         self.ended: Ended | None = None
         self.resumes = 0
@@ -120,10 +150,12 @@ class RoomSession:
         try:
             await self.connection.run()
         finally:
+            await self.recorder.aclose()
             await self._tasks.aclose(CLOSE_TIMEOUT_S)
             try:
                 # aiortc's close can wait forever on transports whose tasks were cancelled under it.
                 await asyncio.wait_for(self.media.aclose(), CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(self.publisher.aclose(), CLOSE_TIMEOUT_S)
             except TimeoutError:
                 log.warning(
                     "room=%s: WebRTC did not close within %.0fs; abandoned", self.room, CLOSE_TIMEOUT_S
@@ -135,6 +167,75 @@ class RoomSession:
 
     def send_request(self, request: rtc.SignalRequest) -> bool:
         return self.connection.send_request(request)
+
+    async def send_data(self, msg: commands_pb2.SendData, *, timeout_s: float) -> None:
+        """Publish ``msg`` as a user DataPacket on the bridge's own data channel (its publisher PC).
+
+        Raises :class:`~bridge.errors.NegotiationFailed` when the channel could not be set up in time and
+        :class:`~bridge.errors.MediaError` when it refused the message.
+        """
+        packet = models.DataPacket(
+            kind=models.DataPacket.LOSSY if msg.lossy else models.DataPacket.RELIABLE,
+            participant_identity=self.settings.identity,
+            participant_sid=self.participant_sid,
+            destination_identities=list(msg.destination_identities),
+            user=models.UserPacket(
+                payload=msg.payload,
+                participant_identity=self.settings.identity,
+                participant_sid=self.participant_sid,
+                destination_identities=list(msg.destination_identities),
+            ),
+        )
+        if msg.topic:
+            packet.user.topic = msg.topic
+        if not msg.lossy:
+            self.data_sequence += 1
+            packet.sequence = self.data_sequence
+        await self.publisher.send_data(
+            packet.SerializeToString(), reliable=not msg.lossy, timeout_s=timeout_s
+        )
+
+    async def media_command(self, name: str, message: Message) -> bytes:
+        """``record_track`` / ``stop_recording``; raises :class:`~bridge.errors.RecordingRefused`."""
+        if isinstance(message, commands_pb2.RecordTrack):
+            kind = self._track_kind(message.track_sid)
+            if kind is None:
+                raise RecordingRefused("not_found", f"no track {message.track_sid} in room {self.room}")
+            self.recorder.start(message.track_sid, message.path, message.duration_s, kind)
+            if not self.subscribe_tracks([message.track_sid]):
+                self.recorder.stop(message.track_sid, "error: not connected")
+                raise RecordingRefused("unavailable", "the room's signaling session is not connected")
+            return b""
+        if isinstance(message, commands_pb2.StopRecording):
+            self.recorder.stop(message.track_sid)
+            return b""
+        raise RecordingRefused("unsupported", f"no media command {name}")
+
+    def _track_kind(self, track_sid: str) -> str | None:
+        for info in self.room_state.participants.values():
+            for track in info.tracks:
+                if track.sid == track_sid:
+                    return {models.AUDIO: "audio", models.VIDEO: "video"}.get(track.type, "data")
+        return None
+
+    # The recorder is built before the MediaPeer it reads from: these resolve ``self.media`` late.
+    def _request_keyframe(self, track_sid: str) -> bool:
+        return self.media.request_keyframe(track_sid)
+
+    def _count_dropped(self, remote: RemoteTrack, frames: int) -> None:
+        self.media.count_dropped(remote, frames)
+
+    async def _recording_finished(self, finished: events_pb2.RecordingFinished) -> None:
+        await self._bridge_event("recording_finished", finished, subject=finished.track_sid)
+
+    def subscribe_tracks(self, track_sids: list[str]) -> bool:
+        """Subscribe to these tracks now, whatever ``media.subscribe`` says (e.g. to record one)."""
+        fresh = [sid for sid in track_sids if self.subscriptions.mark(sid)]
+        if not fresh:
+            return True
+        return self.connection.send_request(
+            rtc.SignalRequest(subscription=rtc.UpdateSubscription(track_sids=fresh, subscribe=True))
+        )
 
     # ---------------------------------------------------------- internals
 
@@ -166,11 +267,18 @@ class RoomSession:
         # Negotiation runs beside the reader so a slow answer never stalls the room's events.
         if kind == "offer":
             self._spawn(self.media.handle_offer(response.offer))
+        elif kind == "answer":
+            self.publisher.handle_answer(response.answer)
         elif kind == "trickle":
-            self._spawn(self.media.handle_trickle(response.trickle))
+            if response.trickle.target == rtc.SignalTarget.PUBLISHER:
+                self._spawn(self.publisher.handle_trickle(response.trickle))
+            else:
+                self._spawn(self.media.handle_trickle(response.trickle))
         frame = event.frame if isinstance(event.frame, bytes) else None
         await self._emit(lambda: self.mapper.signal(response, frame, wall=time.time()))
         changed = self.room_state.apply(response)
+        if changed and kind in ("join", "update", "room_moved"):
+            self._subscribe_by_policy()
         if kind == "room_moved":
             moved_from, self.room = self.room, self.protocol.room_name
             self.connection.room = self.room
@@ -245,6 +353,7 @@ class RoomSession:
 
     async def _ended(self, event: Ended) -> None:
         self.ended = event
+        await self.recorder.aclose()  # its RecordingFinished events come before SessionEnded
         level = logging.WARNING if event.ownership_lost else logging.INFO
         log.log(
             level,
@@ -295,6 +404,7 @@ class RoomSession:
                     await self._emit_gap(first, second)
 
     async def _emit_data(self, payload: bytes, label: str) -> None:
+        # Routed by the channel's label: the packet's own (deprecated) ``kind`` is not trusted.
         if label not in ("_reliable", "_lossy"):
             return  # data-track frames and unlabeled bytes are not DataPackets
         packet = models.DataPacket()
@@ -303,7 +413,32 @@ class RoomSession:
         except DecodeError:
             log.warning("undecodable DataPacket on %s room=%s", label, self.room)
             return
+        if not packet.participant_identity and packet.participant_sid:
+            packet.participant_identity = self._identity_of(packet.participant_sid)
         await self._emit(lambda: self.mapper.data(packet, wall=time.time()))
+        if self.text_streams is not None and packet.WhichOneof("value") in _STREAM_PARTS:
+            sender = packet.participant_identity
+            text = self.text_streams.feed(packet, sender)
+            if text is not None:
+                await self._bridge_event("text_stream", text, subject=sender or None)
+
+    def _identity_of(self, participant_sid: str) -> str:
+        for info in self.room_state.participants.values():
+            if info.sid == participant_sid:
+                return info.identity
+        return ""
+
+    def _subscribe_by_policy(self) -> None:
+        """Subscribe to the tracks ``media.subscribe`` selects that are not subscribed yet."""
+        if not self.subscriptions.rules:
+            return
+        participants = list(self.room_state.participants.values())
+        self.subscriptions.forget_missing({t.sid for p in participants for t in p.tracks})
+        wanted = [sid for p in participants for sid in self.subscriptions.select(p)]
+        if wanted:
+            self.connection.send_request(
+                rtc.SignalRequest(subscription=rtc.UpdateSubscription(track_sids=wanted, subscribe=True))
+            )
 
     async def _emit_gap(self, bus: str, gap: list[int]) -> None:
         dropped, first, last = gap
@@ -321,7 +456,10 @@ class RoomSession:
         if event.rejoin:
             self.rejoins += 1
             await self.media.reset()
+            await self.publisher.reset()
+            self.subscriptions.clear()  # a new participant: LiveKit forgot our subscriptions
         self.media.set_ice_servers(join.ice_servers)
+        self.publisher.set_ice_servers(join.ice_servers)
         self.mapper.ctx = self.mapper.ctx.with_room(room_sid=join.room.sid)
         log.info(
             "room session %s room=%s session=%s sid=%s server=%s",
@@ -351,13 +489,15 @@ class RoomSession:
         self.resumes += 1
         if event.reconnect is not None and event.reconnect.ice_servers:
             self.media.set_ice_servers(event.reconnect.ice_servers)
+            self.publisher.set_ice_servers(event.reconnect.ice_servers)
         offer, answer = self.media.last_offer_answer()
         sync = rtc.SyncState()
         if offer is not None:
             sync.offer.CopyFrom(offer)
         if answer is not None:
             sync.answer.CopyFrom(answer)
-        sync.subscription.subscribe = True  # auto_subscribe is off: we list what we subscribed (nothing yet)
+        sync.subscription.subscribe = True  # auto_subscribe is off: we list what we subscribed
+        sync.subscription.track_sids.extend(self.subscriptions.subscribed)
         self.connection.send_request(rtc.SignalRequest(sync_state=sync))
         log.info(
             "room session resumed room=%s session=%s sid=%s", self.room, self.session_id, self.participant_sid

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from bridge.config import EventsSettings, LiveKitSettings
+from bridge.config import EventsSettings, LiveKitSettings, MediaSettings
 from bridge.events.cloudevent import EventSink
 from bridge.rooms.session import RoomSession, SessionEventHandler
 from bridge.signaling.protocol import Ended
@@ -31,8 +31,10 @@ class RoomSupervisor:
         on_event: SessionEventHandler | None = None,
         sink: EventSink | None = None,
         events: EventsSettings | None = None,
+        media: MediaSettings | None = None,
     ) -> None:
         self._settings = settings
+        self._media = media
         self._on_event = on_event
         self._sink = sink
         self._events = events
@@ -47,7 +49,12 @@ class RoomSupervisor:
         if running is not None and not running.done():
             return self.sessions[room]
         session = RoomSession(
-            settings=self._settings, room=room, on_event=self._on_event, sink=self._sink, events=self._events
+            settings=self._settings,
+            room=room,
+            on_event=self._on_event,
+            sink=self._sink,
+            events=self._events,
+            media=self._media,
         )
         self.sessions[room] = session
         self._tasks[room] = asyncio.create_task(self._supervise(session), name=f"room:{room}")
@@ -78,6 +85,12 @@ class RoomSupervisor:
         """Until every room task has finished."""
         while tasks := [t for t in self._tasks.values() if not t.done()]:
             await asyncio.wait(tasks)
+
+    async def wait_rooms(self, rooms: set[str], timeout_s: float) -> None:
+        """Until the sessions of ``rooms`` have finished, at most ``timeout_s``."""
+        tasks = [t for room, t in self._tasks.items() if room in rooms and not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
 
     async def aclose(self, deadline_s: float | None = None) -> None:
         """Leave every room, waiting at most ``deadline_s`` (default: the leave deadline + 1 s)."""

@@ -2,7 +2,8 @@
 
 Used by the conformance tests in a subprocess: the SDK is judged by what it prints, not by its exit code
 (its native core can panic at interpreter exit). Commands arrive on stdin, one per line:
-``send-data TEXT``, ``publish-audio``, ``leave``.
+``send-data TEXT``, ``send-text TEXT`` (a text stream on ``lk.chat``), ``publish-audio``, ``leave``.
+It answers RPC method ``echo`` with ``echo:<payload>``.
 """
 
 from __future__ import annotations
@@ -95,12 +96,20 @@ async def main() -> None:
     def _room_metadata(old: str, new: str) -> None:
         emit("room_metadata", metadata=new)
 
+    @room.on("track_muted")
+    def _muted(p: rtc.Participant, publication: rtc.TrackPublication) -> None:
+        emit("track_muted", identity=p.identity, sid=publication.sid)
+
     @room.on("disconnected")
     def _disconnected(reason: Any) -> None:
         emit(
             "disconnected",
             reason=rtc.DisconnectReason.Name(reason) if isinstance(reason, int) else str(reason),  # type: ignore[arg-type]
         )
+
+    async def echo(data: rtc.RpcInvocationData) -> str:
+        emit("rpc", method="echo", caller=data.caller_identity, payload=data.payload)
+        return f"echo:{data.payload}"
 
     options = rtc.RoomOptions(
         auto_subscribe=True, single_peer_connection=args.mode == "v1", connect_timeout=20
@@ -111,6 +120,7 @@ async def main() -> None:
     except Exception as exc:
         emit("connect_failed", error=str(exc))
         return
+    room.local_participant.register_rpc_method("echo", echo)
     emit(
         "connected",
         seconds=round(time.monotonic() - began, 3),
@@ -129,6 +139,9 @@ async def main() -> None:
         if command == "send-data":
             await room.local_participant.publish_data(arg, topic="conformance")
             emit("sent", payload=arg)
+        elif command == "send-text":
+            info = await room.local_participant.send_text(arg, topic="lk.chat")
+            emit("sent-text", text=arg, stream_id=info.stream_id)
         elif command == "publish-audio":
             spawn(publish_tone(room))
         elif command == "leave":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -55,6 +56,9 @@ class Env:
         return self.server.rooms[room].participants.get(identity)
 
 
+RECORDINGS = tempfile.mkdtemp(prefix="bridge-e2e-recordings-")  # record_track writes below it
+
+
 def settings_for(server: SimServer, bus: str, names: dict[str, str], broker: Any) -> Settings:
     environ = {
         "BRIDGE_LIVEKIT__URL": server.url,
@@ -64,6 +68,7 @@ def settings_for(server: SimServer, bus: str, names: dict[str, str], broker: Any
         "BRIDGE_LIVEKIT__CAN_UPDATE_OWN_METADATA": "true",
         "BRIDGE_ROOMS__STATIC": f"['{ROOM}']",
         "BRIDGE_HTTP__LISTEN": "127.0.0.1:0",
+        "BRIDGE_MEDIA__RECORDINGS_DIR": RECORDINGS,
     }
     if bus == "kafka":
         environ |= {
@@ -71,6 +76,7 @@ def settings_for(server: SimServer, bus: str, names: dict[str, str], broker: Any
             "BRIDGE_KAFKA__EVENTS_TOPIC": names["events"],
             "BRIDGE_KAFKA__COMMANDS_TOPIC": names["commands"],
             "BRIDGE_KAFKA__DEAD_LETTER_TOPIC": names["dlq"],
+            "BRIDGE_KAFKA__COMMANDS_STATE_TOPIC": names["state"],
             "BRIDGE_KAFKA__COMMANDS_GROUP_ID": names["group"],
             "BRIDGE_KAFKA__COMMANDS_OFFSET_RESET": "earliest",
             "BRIDGE_KAFKA__ENABLE_IDEMPOTENCE": "false",
@@ -86,12 +92,13 @@ async def environment(bus: str, broker: Any) -> AsyncIterator[Env]:
         "events": unique_name("cmd-events"),
         "commands": unique_name("cmd-commands"),
         "dlq": unique_name("cmd-dlq"),
+        "state": unique_name("cmd-state"),
         "group": unique_name("cmd-group"),
         "prefix": unique_name("lk").replace("-", "_"),
     }
     client: KafkaCommands | NatsCommands
     if bus == "kafka":
-        for topic in (names["events"], names["commands"], names["dlq"]):
+        for topic in (names["events"], names["commands"], names["dlq"], names["state"]):
             await create_topic(broker.bootstrap, topic, partitions=2)
         client = KafkaCommands(
             broker.bootstrap,
@@ -239,6 +246,18 @@ CASES: list[Case] = [
             env.participant("alice").info.metadata == "a2"
             and dict(env.participant("alice").info.attributes) == {"k": "v"}
         ),
+    ),
+    Case(
+        "bridge.record_track",
+        lambda env: commands_pb2.RecordTrack(track_sid=env.alice_mic, path=f"{unique_name('rec')}/mic.ogg"),
+        lambda env, _: any(
+            r.frames > 0 for r in env.bridge.supervisor.sessions[ROOM].recorder.recordings.values()
+        ),
+    ),
+    Case(
+        "bridge.stop_recording",
+        lambda env: commands_pb2.StopRecording(track_sid=env.alice_mic),
+        lambda env, _: not env.bridge.supervisor.sessions[ROOM].recorder.recordings,
     ),
     Case(
         "bridge.mute_track",

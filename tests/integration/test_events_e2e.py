@@ -19,6 +19,7 @@ from bridge.sim.server import IceServer, SimServer
 from support.bridge import bridge_settings
 from support.brokers import KafkaBroker, NatsServer, unique_name
 from support.bus_consumers import KafkaCollector, NatsCollector, Received, create_topic
+from support.schema_files import problems
 from support.simulator import running_sim
 from support.waiting import eventually
 
@@ -193,3 +194,51 @@ def check_stream(bus: str, received: list[Received], sim_sent: list[str]) -> Non
     assert bridge_events.count("io.livekit.bridge.room_snapshot.v1") >= 2  # join + resume (+ move)
     assert len(sim_sent) > 30
     assert fields == sim_sent, f"{bus}: per-room order differs from LiveKit's"
+
+
+async def test_json_mode_events_match_their_published_schemas(nats_server: NatsServer) -> None:
+    """Every event the bridge emits with ``events.data_format: json`` validates against schemas/: its data
+    against the event type's schema, the structured envelope against schemas/envelope/event.json."""
+    prefix = unique_name("lkjson").replace("-", "_")
+    nats = NatsCollector(nats_server.url, prefix)
+    await nats.start()
+    try:
+        async with running_sim(ice_servers=()) as (server, scenario):
+            scenario.join(ROOM, "alice")
+            env = bridge_settings(server, ROOM)
+            settings = load_settings(
+                None,
+                {
+                    "BRIDGE_LIVEKIT__URL": env.livekit.url,
+                    "BRIDGE_LIVEKIT__API_KEY": env.livekit.api_key,
+                    "BRIDGE_LIVEKIT__API_SECRET": env.livekit.api_secret.reveal(),
+                    "BRIDGE_LIVEKIT__CAN_PUBLISH": "true",
+                    "BRIDGE_ROOMS__STATIC": f"['{ROOM}']",
+                    "BRIDGE_HTTP__LISTEN": "127.0.0.1:0",
+                    "BRIDGE_EVENTS__DATA_FORMAT": "json",
+                    "BRIDGE_NATS__SERVERS": nats_server.url,
+                    "BRIDGE_NATS__SUBJECT_PREFIX": prefix,
+                    "BRIDGE_COMMANDS__ENABLED": "false",
+                },
+            )
+            bridge = Bridge(settings)
+            await bridge.start()
+            try:
+                await eventually(lambda: active(server), within=15, what="bridge ACTIVE")
+                await drive_every_variant(server, bridge, nats)
+                emitted = bridge.supervisor.sessions[ROOM].mapper.sequence
+                await eventually(lambda: len(nats.received) >= emitted, within=20, what=f"{emitted} events")
+            finally:
+                await bridge.aclose()
+    finally:
+        await nats.aclose()
+
+    seen: set[str] = set()
+    for r in nats.received:
+        etype = r.attrs["type"]
+        assert r.attrs["datacontenttype"] == "application/json"
+        document = json.loads(r.payload)
+        assert not (errors := problems("envelope/event.json", document)), f"{etype}: envelope: {errors}"
+        assert not (errors := problems(f"events/{etype}.json", document["data"])), f"{etype}: data: {errors}"
+        seen.add(etype)
+    assert {f"io.livekit.signal.{f}.v1" for f in SIGNAL_FIELDS} <= seen  # every signal variant was checked

@@ -155,9 +155,11 @@ def test_bridge_commands_and_default_allowed() -> None:
         "update_participant",
         "update_room_metadata",
         "perform_rpc",
+        "record_track",
+        "stop_recording",
     }
     assert all(t in DEFAULT_ALLOWED for t in BRIDGE_COMMANDS)
-    assert len(DEFAULT_ALLOWED) == 22 - len(NEVER_FROM_BUS) + 8
+    assert len(DEFAULT_ALLOWED) == 22 - len(NEVER_FROM_BUS) + 10
     assert bridge_type("send_data") == "io.livekit.command.bridge.send_data.v1"
 
 

@@ -242,6 +242,38 @@ def _realistic() -> list[tuple[str, Message]]:
                 response=b"ok",
             ),
         ),
+        (
+            "io.livekit.bridge.text_stream.v1",
+            events_pb2.TextStream(
+                stream_id="st-1",
+                topic="lk.chat",
+                text="héllo",
+                participant_identity="alice",
+                timestamp=1749547812345,
+                attributes={"k": "v"},
+                mime_type="text/plain",
+                operation_type=models.DataStream.OperationType.UPDATE,
+                reply_to_stream_id="st-0",
+                attached_stream_ids=["st-f"],
+                generated=True,
+                chunks=2,
+                truncated=True,
+                reason="interrupted",
+            ),
+        ),
+        (
+            "io.livekit.bridge.recording_finished.v1",
+            events_pb2.RecordingFinished(
+                track_sid="TR_1",
+                path="a/b.ogg",
+                codec="opus",
+                frames=10,
+                bytes=999,
+                duration_s=0.2,
+                dropped=1,
+                reason="duration",
+            ),
+        ),
     ]
 
 
