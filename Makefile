@@ -100,7 +100,7 @@ $(DEPLOY_STAMP): Makefile
 	$(BIN)/python -m pip install --quiet $(DEPLOY_PIP)
 	touch $@
 
-deploy-check: deploy-tools
+deploy-check: deploy-tools install
 	@v=$$(sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml); \
 	grep -qx "appVersion: \"$$v\"" $(CHART)/Chart.yaml || { echo "$(CHART)/Chart.yaml: appVersion must be \"$$v\" (pyproject.toml)"; exit 1; }
 	@for f in $(CHART)/ci/*.yaml; do \
@@ -112,6 +112,10 @@ deploy-check: deploy-tools
 		out=$$($(HELM_TEMPLATE) -f $$f --kube-version $$k) || exit 1; \
 		printf '%s\n' "$$out" | $(BIN)/kubernetes-validate --strict --quiet -k $$k - || exit 1; \
 	done; done
+	@# The bridge must accept the config each ci/ file renders: `livekit-bridge check-config` on the ConfigMap's
+	@# file with the Deployment's env (secrets as placeholders), plus cross-checks with the manifests. Needs
+	@# the package in the venv, hence `install`.
+	$(BIN)/python scripts/helm_config_check.py --helm $(HELM) --chart $(CHART)
 	@# Negative test: the strict schema must refuse typo'd keys (top-level and nested) in lint and template.
 	@bad=$(CHART)/ci/invalid/typo.yaml; for cmd in "$(HELM) lint --strict $(CHART)" "$(HELM_TEMPLATE)"; do \
 		set -- $$cmd; echo "expect failure: helm $$2 ... -f $$bad"; \

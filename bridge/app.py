@@ -35,6 +35,7 @@ from bridge.ops.metrics import BridgeMetrics
 from bridge.ops.server import OpsServer
 from bridge.rooms.commands import CommandRunner, ServerApiPort
 from bridge.rooms.discovery import RoomDiscovery
+from bridge.rooms.room_events import RoomEvents
 from bridge.rooms.server_api import ServerApi
 from bridge.rooms.session import RoomSession
 from bridge.rooms.sharding import AssignmentCallback, build_ownership
@@ -125,7 +126,10 @@ class Bridge:
             media=settings.media,
         )
         # Which rooms are ours (ownership.mode): every room, or the Kafka assignment's, or NATS leases'.
-        self.ownership = build_ownership(settings, self.supervisor)
+        # Command results and ownership changes about a room with no session here share the room's one
+        # pseudo-session, so those events form a single gap-free sequence per room.
+        self.room_events = RoomEvents(livekit_url=settings.livekit.url, sink=sink)
+        self.ownership = build_ownership(settings, self.supervisor, events=self.room_events)
         self._own_server_api: ServerApi | None = None
         if server_api is None and settings.commands.enabled:
             server_api = self._own_server_api = ServerApi(settings.livekit)
@@ -135,6 +139,7 @@ class Bridge:
             supervisor=self.supervisor,
             sink=sink,
             server_api=server_api,
+            room_events=self.room_events,
         )
         self.commands.owns = self.ownership.owns
         self.command_sources = list(

@@ -465,7 +465,8 @@ class OwnershipSettings(_Section):
     # nats: at most this many rooms per replica (None: the fair share of the candidates only).
     capacity: Count | None = None
     bucket: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "livekit-bridge-ownership"
-    # nats: this replica's name in the bucket (default: host name, process id and a random suffix).
+    # This replica's name in ownership_changed events and (nats) in the lease bucket (default: host name,
+    # process id and a random suffix).
     replica_id: Text | None = None
 
 

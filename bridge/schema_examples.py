@@ -238,6 +238,14 @@ BRIDGE_EVENTS: Final[dict[str, Any]] = {
         "durationS": 30.0,
         "reason": "duration",
     },
+    "ownership_changed": {
+        "room": ROOM,
+        "acquired": True,
+        "mode": "nats",
+        "replica": "bridge-7f9c4-1-a3b2c1",
+        "fencingToken": "4182",
+        "reason": "lease change",
+    },
 }
 
 # Signal commands: the SignalRequest oneof field -> data.

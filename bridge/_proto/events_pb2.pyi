@@ -173,3 +173,19 @@ class RecordingFinished(_message.Message):
     dropped: int
     reason: str
     def __init__(self, track_sid: _Optional[str] = ..., path: _Optional[str] = ..., codec: _Optional[str] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., duration_s: _Optional[float] = ..., dropped: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class OwnershipChanged(_message.Message):
+    __slots__ = ("room", "acquired", "mode", "replica", "fencing_token", "reason")
+    ROOM_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRED_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    room: str
+    acquired: bool
+    mode: str
+    replica: str
+    fencing_token: int
+    reason: str
+    def __init__(self, room: _Optional[str] = ..., acquired: bool = ..., mode: _Optional[str] = ..., replica: _Optional[str] = ..., fencing_token: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -26,9 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Iterable
 from typing import Any, Final
@@ -44,7 +41,8 @@ from bridge.config import NatsSettings, OwnershipSettings
 from bridge.errors import BusError, OwnershipLost
 from bridge.rooms import ownership as pure
 from bridge.rooms.ownership import Lease, LeaseEvent, LeaseState
-from bridge.rooms.sharding import Ownership
+from bridge.rooms.room_events import RoomEvents
+from bridge.rooms.sharding import Ownership, default_replica_id
 from bridge.rooms.supervisor import RoomSupervisor
 
 __all__ = ["NatsLeaseOwnership", "default_replica_id"]
@@ -55,10 +53,6 @@ _NATS_ERRORS: Final = (nats.errors.Error, OSError, TimeoutError)
 _DELETED: Final = ("DEL", "PURGE")
 RETRY_S: Final = 1.0
 STALE_TTLS: Final = 1.5  # leases without a renewal after which a holder counts as gone
-
-
-def default_replica_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class NatsLeaseOwnership(Ownership):
@@ -73,11 +67,17 @@ class NatsLeaseOwnership(Ownership):
         nats_settings: NatsSettings,
         settings: OwnershipSettings,
         candidates: Iterable[str],
+        events: RoomEvents | None = None,
     ) -> None:
-        super().__init__(supervisor, candidates=candidates, handover_timeout_s=settings.handover_timeout_s)
+        super().__init__(
+            supervisor,
+            candidates=candidates,
+            handover_timeout_s=settings.handover_timeout_s,
+            replica=settings.replica_id,
+            events=events,
+        )
         self._nats = nats_settings
         self._settings = settings
-        self.replica = settings.replica_id or default_replica_id()
         self.ttl_s = settings.lease_ttl_s
         self.renew_interval_s = self.ttl_s / 3
         self.leases: dict[str, Lease] = {}
@@ -144,6 +144,11 @@ class NatsLeaseOwnership(Ownership):
         if not self.owns(room):
             raise OwnershipLost(f"room {room!r}: no lease held by {self.replica}")
         return self.leases[room].revision
+
+    def token_of(self, room: str) -> int:
+        # Also after a release or loss: the lease keeps the revision it last had (our last write).
+        lease = self.leases.get(room)
+        return lease.revision if lease is not None else 0
 
     # -- the loop ------------------------------------------------------------------------------
 

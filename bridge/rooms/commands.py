@@ -47,9 +47,9 @@ from bridge.commands.translate import CorrelationKey, request_key, response_key,
 from bridge.commands.validate import CommandRejected, validate
 from bridge.config import CommandsSettings, LiveKitSettings
 from bridge.errors import BridgeError, BusError, InvalidCommand, MediaError
-from bridge.events.cloudevent import CloudEvent, EventSink, SessionContext, source_uri
-from bridge.events.mapping import EventMapper
-from bridge.rooms.session import RoomSession, new_session_id
+from bridge.events.cloudevent import EventSink
+from bridge.rooms.room_events import RoomEvents
+from bridge.rooms.session import RoomSession
 from bridge.rooms.supervisor import RoomSupervisor
 from bridge.signaling.protocol import Ended, Event, Joined, Received, Resumed, SessionState
 from bridge.tasks import OwnedTasks
@@ -68,7 +68,6 @@ UNSUPPORTED: Final = "unsupported"
 INTERRUPTED: Final = "interrupted"
 
 NOT_CONNECTED: Final = "the room's signaling session is not connected"
-_FALLBACK_ROOMS_MAX: Final = 4096  # result mappers for rooms without a session
 MEDIA_COMMANDS: Final = frozenset({"record_track", "stop_recording"})  # applied by the room session
 
 
@@ -144,12 +143,12 @@ class CommandRunner:
         server_api: ServerApiPort | None = None,
         owns: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        room_events: RoomEvents | None = None,
     ) -> None:
         self._settings = commands
         self._livekit = livekit
         self._allowed = commands.allowed_set()
         self._supervisor = supervisor
-        self._sink = sink
         self._server_api = server_api
         # Ownership (several replicas): checked again right before a command is applied, since the
         # assignment may have changed while it waited in its lane.
@@ -164,7 +163,9 @@ class CommandRunner:
         self._answers: dict[tuple[str, CorrelationKey], collections.deque[asyncio.Future[rtc.SignalResponse]]]
         self._answers = {}
         self._connected: dict[str, list[asyncio.Future[bool]]] = {}  # session id -> waiters
-        self._fallback: collections.OrderedDict[str, EventMapper] = collections.OrderedDict()
+        # Results go out in the room's session, or in the room's pseudo-session when it has none
+        # (shared with the ownership events when the bridge passes one in).
+        self._room_events = room_events or RoomEvents(livekit_url=livekit.url, sink=sink)
         self._tasks = OwnedTasks(log, "command runner")
         self.stats = RunnerStats()
         self._closing = False
@@ -519,17 +520,9 @@ class CommandRunner:
         else:
             self.stats.failed += 1
         extensions = (("lkcommandid", command_id),)
-        event: CloudEvent | None
-        if session is not None and session.ended is None:
-            event = await session.emit_bridge_event(
-                "command_result", result, extensions=extensions, traceparent=traceparent
-            )
-        else:
-            event = self._fallback_mapper(room).bridge(
-                "command_result", result, wall=time.time(), extensions=extensions, traceparent=traceparent
-            )
-            if event is not None and self._sink is not None:
-                await self._sink.emit(event)
+        event = await self._room_events.emit(
+            room, "command_result", result, session=session, extensions=extensions, traceparent=traceparent
+        )
         reply = nats_structured(event) if event is not None else b""
         self._dedup.finish(command_id, result, self._clock())
         if reply:
@@ -544,19 +537,6 @@ class CommandRunner:
         self._pending -= 1
         if self._pending == 0:
             self._idle.set()
-
-    def _fallback_mapper(self, room: str) -> EventMapper:
-        # Results for a room without a session (not owned, or left) still need a gap-free sequence:
-        # one pseudo-session per room.
-        mapper = self._fallback.get(room)
-        if mapper is None:
-            if len(self._fallback) >= _FALLBACK_ROOMS_MAX:
-                self._fallback.popitem(last=False)
-            ctx = SessionContext(
-                source=source_uri(self._livekit.url, room), room=room, session=new_session_id()
-            )
-            mapper = self._fallback[room] = EventMapper(ctx)
-        return mapper
 
     # ------------------------------------------------------------------ shutdown
 

@@ -12,33 +12,56 @@ rooms up and wait until their new owners' joins evict us) and :meth:`report` (``
 
 Gained rooms are joined at once; a lost room keeps its socket until the new owner's join evicts it
 (LiveKit's duplicate-identity rule: the session ends with ``ownership_lost``) or
-``ownership.handover_timeout_s`` passes, then it is left. A room evicted while we still believe we own it
-is not joined again until ownership changes, so two replicas that both believe they own a room cannot
-evict each other forever. Each change is logged once at INFO (``ownership acquired`` / ``released``).
+``ownership.handover_timeout_s`` passes, then it is left. A room evicted while we still own it is joined
+again, at most every ``REJOIN_AFTER_S``, so the replica that really holds it ends up in it and two that
+both believe they own it cannot evict each other in a tight loop. Each change is logged once at INFO
+(``ownership acquired`` / ``released``) and, given a :class:`~bridge.rooms.room_events.RoomEvents`,
+published as one ``ownership_changed`` event per room (static mode never changes, so it publishes none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import os
+import secrets
+import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
+from bridge._proto import events_pb2
 from bridge.config import Settings
 from bridge.rooms import ownership
+from bridge.rooms.room_events import RoomEvents
+from bridge.rooms.session import RoomSession
 from bridge.rooms.supervisor import RoomSupervisor
 from bridge.signaling.protocol import SessionState
 
-__all__ = ["AssignmentCallback", "KafkaOwnership", "Ownership", "StaticOwnership", "build_ownership"]
+__all__ = [
+    "AssignmentCallback",
+    "KafkaOwnership",
+    "Ownership",
+    "StaticOwnership",
+    "build_ownership",
+    "default_replica_id",
+]
 
 log = logging.getLogger("bridge.rooms.sharding")
 
 _GONE: Final = (SessionState.LEAVING, SessionState.CLOSED)
 MAX_ROOMS_LOGGED: Final = 20
 RECONCILE_INTERVAL_S: Final = 1.0
+REJOIN_AFTER_S: Final = 3.0  # an evicted room we still own is joined again at most this often
+EVENTS_FLUSH_S: Final = 5.0  # at handover / close: how long queued ownership events may take to go out
 
 # (partitions of the commands topic assigned here, the topic's partition count)
 AssignmentCallback = Callable[[frozenset[int], int], Awaitable[None]]
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _names(rooms: Iterable[str]) -> str:
@@ -54,19 +77,35 @@ class Ownership:
     # Kafka mode: what the command source calls after every assignment and revocation.
     assignment_handler: AssignmentCallback | None = None
 
-    def __init__(self, supervisor: RoomSupervisor, *, candidates: Iterable[str], handover_timeout_s: float):
+    def __init__(
+        self,
+        supervisor: RoomSupervisor,
+        *,
+        candidates: Iterable[str],
+        handover_timeout_s: float,
+        replica: str | None = None,
+        events: RoomEvents | None = None,
+    ):
         self._supervisor = supervisor
+        self.replica = replica or default_replica_id()
+        self.events = events  # None: changes are only logged
         self.candidates: set[str] = set(candidates)
         self.handover_timeout_s = handover_timeout_s
         self.owned: frozenset[str] = frozenset()
         self.settled = False
         self.closing = False
         self._pending: set[str] = set()  # gained, not joined yet
+        self._rejoined_at: dict[str, float] = {}
         self._leaving: dict[str, asyncio.TimerHandle] = {}
         self._reconciler: asyncio.Task[None] | None = None
         self.changes = 0
         self.acquired = 0
         self.released = 0
+        # ownership_changed events not published yet, in change order; one task publishes them, so a
+        # room's acquisition and release cannot overtake each other.
+        self._outgoing: collections.deque[tuple[RoomSession | None, events_pb2.OwnershipChanged]]
+        self._outgoing = collections.deque()
+        self._announcer: asyncio.Task[None] | None = None
 
     # -- the hooks the bridge calls ---------------------------------------------------------------
 
@@ -87,6 +126,7 @@ class Ownership:
         self.closing = True
         await self._stop_reconciler()
         await self.release_all()
+        await self.flush_events(EVENTS_FLUSH_S)  # the releases go out before the sessions end
         await self.wait_evicted(self.handover_timeout_s)
 
     async def release_all(self) -> None:
@@ -95,6 +135,11 @@ class Ownership:
     async def aclose(self) -> None:
         self.closing = True
         await self._stop_reconciler()
+        await self.flush_events(EVENTS_FLUSH_S)
+        announcer, self._announcer = self._announcer, None
+        if announcer is not None and not announcer.done():  # flush timed out: the buses are stuck
+            announcer.cancel()
+            await asyncio.gather(announcer, return_exceptions=True)
         for handle in self._leaving.values():
             handle.cancel()
         self._leaving.clear()
@@ -140,6 +185,9 @@ class Ownership:
             log.info("ownership acquired (%s): %d rooms: %s", why, len(moved.gained), _names(moved.gained))
         if moved.lost:
             log.info("ownership released (%s): %d rooms: %s", why, len(moved.lost), _names(moved.lost))
+        # Before the joins below: an acquired room's event is numbered in the session running now, if any.
+        self._announce(moved.lost, acquired=False, why=why)
+        self._announce(moved.gained, acquired=True, why=why)
         for room in moved.gained:
             self._pending.add(room)
             handle = self._leaving.pop(room, None)
@@ -152,6 +200,46 @@ class Ownership:
                 )
         if not self.closing:
             self.join_pending()
+
+    def token_of(self, room: str) -> int:
+        """The fencing token that goes into ``room``'s ownership events; 0: the mode has none."""
+        return 0
+
+    def _announce(self, rooms: Iterable[str], *, acquired: bool, why: str) -> None:
+        if self.events is None:
+            return
+        for room in sorted(rooms):
+            message = events_pb2.OwnershipChanged(
+                room=room,
+                acquired=acquired,
+                mode=self.mode,
+                replica=self.replica,
+                fencing_token=self.token_of(room),
+                reason=why,
+            )
+            self._outgoing.append((self._supervisor.sessions.get(room), message))
+        if self._outgoing and (self._announcer is None or self._announcer.done()):
+            self._announcer = asyncio.create_task(self._publish_changes(), name="ownership-events")
+
+    async def _publish_changes(self) -> None:
+        events = self.events
+        assert events is not None
+        while self._outgoing:
+            session, message = self._outgoing.popleft()
+            try:
+                await events.emit(message.room, "ownership_changed", message, session=session)
+            except Exception:  # one event's failure must not strand the rest
+                log.exception("ownership: event for room=%s not published", message.room)
+
+    async def flush_events(self, deadline_s: float) -> None:
+        """Wait until the queued ownership events are handed to the buses, at most ``deadline_s``."""
+        task = self._announcer
+        if task is None or task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), deadline_s)
+        except TimeoutError:
+            log.warning("ownership: %d events not published within %.1fs", len(self._outgoing), deadline_s)
 
     def join_pending(self) -> None:
         """Join the rooms gained since the last call (one still leaving waits for a later round)."""
@@ -178,6 +266,21 @@ class Ownership:
         while not self.closing:
             await asyncio.sleep(RECONCILE_INTERVAL_S)  # the reconcile cadence itself
             self.join_pending()
+            self.rejoin_evicted(time.monotonic())
+
+    def rejoin_evicted(self, now: float) -> None:
+        """Join again a room we still own whose session another replica evicted (during a handover both
+        may briefly believe they own it; the one that lost the lease or partition lets go). At most once
+        per ``REJOIN_AFTER_S`` per room, so two replicas can never evict each other in a tight loop."""
+        for room in sorted(self.owned & self.candidates):
+            session = self._supervisor.sessions.get(room)
+            if session is None or session.ended is None or not session.ended.ownership_lost:
+                continue
+            if now - self._rejoined_at.get(room, -REJOIN_AFTER_S) < REJOIN_AFTER_S or not self.owns(room):
+                continue
+            self._rejoined_at[room] = now
+            log.info("ownership: room=%s evicted while still ours; joining again", room)
+            self._supervisor.join(room)
 
     async def _stop_reconciler(self) -> None:
         task, self._reconciler = self._reconciler, None
@@ -227,8 +330,16 @@ class KafkaOwnership(Ownership):
         candidates: Iterable[str],
         handover_timeout_s: float,
         partition_of: ownership.PartitionOf,
+        replica: str | None = None,
+        events: RoomEvents | None = None,
     ) -> None:
-        super().__init__(supervisor, candidates=candidates, handover_timeout_s=handover_timeout_s)
+        super().__init__(
+            supervisor,
+            candidates=candidates,
+            handover_timeout_s=handover_timeout_s,
+            replica=replica,
+            events=events,
+        )
         self._partition_of = partition_of
         self.partitions: frozenset[int] = frozenset()
         self.partition_count = 0
@@ -259,7 +370,14 @@ class KafkaOwnership(Ownership):
         ours = super().consider(room)
         if ours and self.settled and room not in self.owned:
             self.owned |= {room}  # discovery joins it: it asked because the room is not running here
+            self.acquired += 1
+            log.info("ownership acquired (discovered in an assigned partition): room=%s", room)
+            self._announce((room,), acquired=True, why="discovered in an assigned partition")
         return ours
+
+    async def release_all(self) -> None:
+        # The command source has left the group by now (it closes first): these rooms are not ours.
+        self.change(frozenset(), "shutting down")
 
     def report(self) -> dict[str, Any]:
         out = super().report()
@@ -278,8 +396,11 @@ def kafka_partition_of() -> Callable[[str, int], int]:
     return partition_of
 
 
-def build_ownership(settings: Settings, supervisor: RoomSupervisor) -> Ownership:
-    """The engine ``ownership.mode`` names; candidates start as ``rooms.static``, discovery adds more."""
+def build_ownership(
+    settings: Settings, supervisor: RoomSupervisor, *, events: RoomEvents | None = None
+) -> Ownership:
+    """The engine ``ownership.mode`` names; candidates start as ``rooms.static``, discovery adds more.
+    ``events``: where ownership changes are published (static mode has none)."""
     o = settings.ownership
     if o.mode == "kafka":
         return KafkaOwnership(
@@ -287,12 +408,18 @@ def build_ownership(settings: Settings, supervisor: RoomSupervisor) -> Ownership
             candidates=settings.rooms.static,
             handover_timeout_s=o.handover_timeout_s,
             partition_of=kafka_partition_of(),
+            replica=o.replica_id,
+            events=events,
         )
     if o.mode == "nats":
         assert settings.nats is not None  # checked by Settings
         from bridge.bus.nats_leases import NatsLeaseOwnership
 
         return NatsLeaseOwnership(
-            supervisor, nats_settings=settings.nats, settings=o, candidates=settings.rooms.static
+            supervisor,
+            nats_settings=settings.nats,
+            settings=o,
+            candidates=settings.rooms.static,
+            events=events,
         )
     return StaticOwnership(supervisor, candidates=settings.rooms.static)

@@ -10,6 +10,9 @@ every replica's ``/rooms`` every 100 ms and checks:
    the handover overlap;
 3. SIGTERM another: it exits 0 after a make-before-break handover (its sessions evicted by the new
    owner's joins, not left first), and the survivor runs every room.
+
+A consumer on the events bus checks that the changes are published: the survivors' ``ownership_changed``
+acquisitions of the killed replica's rooms, and the terminated replica's releases of its rooms.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 import yaml
 
+from bridge._proto import events_pb2
 from bridge.demo_services import free_port
 from support.bench import API_KEY, API_SECRET, IDENTITY, LAUNCHER, admin_rooms, report, spawn, stop, tail
 from support.brokers import unique_name
-from support.bus_consumers import create_topic
+from support.bus_consumers import Collector, KafkaCollector, NatsCollector, create_topic
 from support.waiting import eventually
 
 ROOMS: Final = [f"shard-{i:02d}" for i in range(30)]
@@ -38,6 +43,7 @@ KAFKA_SESSION_S: Final = 6.0
 LEASE_TTL_S: Final = 3.0
 HANDOVER_S: Final = 10.0
 POLL_S: Final = 0.1
+OWNERSHIP_CHANGED: Final = "io.livekit.bridge.ownership_changed.v1"
 
 
 @dataclass
@@ -144,15 +150,52 @@ def _replicas(tmp_path: Path, sim_port: int, bus: dict[str, Any]) -> list[Replic
             "rooms": {"static": ROOMS},
             "http": {"listen": f"127.0.0.1:{port}"},
             **bus,
+            # Named after the replica, so its ownership_changed events say which one it was.
+            "ownership": {**bus["ownership"], "replica_id": f"r{i}"},
         }
         config.write_text(yaml.safe_dump(settings))
         out.append(Replica(f"r{i}", config, tmp_path / f"bridge-{i}.log", f"http://127.0.0.1:{port}"))
     return out
 
 
-async def _run_scenario(
-    replicas: list[Replica], pytestconfig: pytest.Config, *, mode: str, failover_bound_s: float
+def _ownership_changes(collector: Collector, since: float) -> list[events_pb2.OwnershipChanged]:
+    """The ownership_changed events made at or after wall-clock time ``since``."""
+    return [
+        events_pb2.OwnershipChanged.FromString(r.attrs["data"])
+        for r in list(collector.received)
+        if r.attrs["type"] == OWNERSHIP_CHANGED
+        and datetime.fromisoformat(r.attrs["time"]).timestamp() >= since
+    ]
+
+
+async def _published(
+    collector: Collector, since: float, rooms: set[str], *, acquired: bool, by: set[str], mode: str
 ) -> None:
+    def seen() -> set[str]:
+        return {
+            m.room
+            for m in _ownership_changes(collector, since)
+            if m.acquired is acquired
+            and m.replica in by
+            and m.mode == mode
+            and (m.fencing_token > 0 if mode == "nats" else m.fencing_token == 0)
+        }
+
+    what = "acquired" if acquired else "released"
+    await eventually(
+        lambda: rooms <= seen(), within=15, what=f"ownership_changed ({what}) for {len(rooms)} rooms"
+    )
+
+
+async def _run_scenario(
+    replicas: list[Replica],
+    pytestconfig: pytest.Config,
+    *,
+    mode: str,
+    failover_bound_s: float,
+    collector: Collector,
+) -> None:
+    await collector.start()
     for r in replicas:
         r.proc = spawn(["-c", LAUNCHER, "run", "--config", str(r.config)], r.log, piped=False)
     obs = Observer(replicas)
@@ -179,6 +222,7 @@ async def _run_scenario(
         victim, survivors = replicas[0], replicas[1:]
         lost = {room for room in ROOMS if obs.owners(room) == {victim.name}}
         obs.max_overlap_s = 0.0
+        killed_wall = time.time()
         victim.proc.kill()
         killed_at = time.monotonic()
         victim.proc.wait(timeout=10)
@@ -201,11 +245,14 @@ async def _run_scenario(
         )
         kill_overlap = obs.max_overlap_s
         kill_balance = obs.balance()
+        survivor_names = {r.name for r in survivors}
+        await _published(collector, killed_wall, lost, acquired=True, by=survivor_names, mode=mode)
 
         # SIGTERM another: make-before-break handover to the last replica.
         leaver, last = survivors
         handed = {room for room in ROOMS if obs.owners(room) == {leaver.name}}
         obs.max_overlap_s = 0.0
+        termed_wall = time.time()
         leaver.proc.terminate()
         termed_at = time.monotonic()
         moved: dict[str, float] = {}
@@ -224,6 +271,7 @@ async def _run_scenario(
         await eventually(lambda: settled({last.name}), within=30, what="the last replica owns every room")
         assert code == 0, f"SIGTERM exit code {code}:\n{tail(leaver.log)}"
         assert "every room taken over by another replica" in leaver.log.read_text(), tail(leaver.log)
+        await _published(collector, termed_wall, handed, acquired=False, by={leaver.name}, mode=mode)
 
         times = sorted(back.values())
         report(
@@ -242,18 +290,20 @@ async def _run_scenario(
     finally:
         for r in replicas:
             stop(r.proc, deadline_s=30)
+        await collector.aclose()
 
 
 @pytest.mark.slow
 async def test_kafka_group_shares_rooms(
     kafka_broker: Any, sim_port: int, tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
-    commands = unique_name("own-commands")
+    commands, events = unique_name("own-commands"), unique_name("own-events")
     await create_topic(kafka_broker.bootstrap, commands, partitions=PARTITIONS)
+    await create_topic(kafka_broker.bootstrap, events)  # the collector reads it from the start
     bus = {
         "kafka": {
             "bootstrap_servers": kafka_broker.bootstrap,
-            "events_topic": unique_name("own-events"),
+            "events_topic": events,
             "commands_topic": commands,
             "dead_letter_topic": unique_name("own-dlq"),
             "commands_group_id": unique_name("own-group"),
@@ -263,15 +313,22 @@ async def test_kafka_group_shares_rooms(
         "ownership": {"mode": "kafka", "handover_timeout_s": HANDOVER_S},
     }
     replicas = _replicas(tmp_path, sim_port, bus)
-    await _run_scenario(replicas, pytestconfig, mode="kafka", failover_bound_s=KAFKA_SESSION_S + 5)
+    await _run_scenario(
+        replicas,
+        pytestconfig,
+        mode="kafka",
+        failover_bound_s=KAFKA_SESSION_S + 5,
+        collector=KafkaCollector(kafka_broker.bootstrap, events),
+    )
 
 
 @pytest.mark.slow
 async def test_nats_leases_share_rooms(
     nats_server: Any, sim_port: int, tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
+    prefix = unique_name("own")
     bus = {
-        "nats": {"servers": [nats_server.url]},
+        "nats": {"servers": [nats_server.url], "subject_prefix": prefix},
         "ownership": {
             "mode": "nats",
             "lease_ttl_s": LEASE_TTL_S,
@@ -280,4 +337,10 @@ async def test_nats_leases_share_rooms(
         },
     }
     replicas = _replicas(tmp_path, sim_port, bus)
-    await _run_scenario(replicas, pytestconfig, mode="nats", failover_bound_s=LEASE_TTL_S + 2)
+    await _run_scenario(
+        replicas,
+        pytestconfig,
+        mode="nats",
+        failover_bound_s=LEASE_TTL_S + 2,
+        collector=NatsCollector(nats_server.url, prefix),
+    )

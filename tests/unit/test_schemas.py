@@ -274,6 +274,17 @@ def _realistic() -> list[tuple[str, Message]]:
                 reason="duration",
             ),
         ),
+        (
+            "io.livekit.bridge.ownership_changed.v1",
+            events_pb2.OwnershipChanged(
+                room="standup",
+                acquired=True,
+                mode="nats",
+                replica="bridge-1",
+                fencing_token=2**63 + 5,
+                reason="lease change",
+            ),
+        ),
     ]
 
 

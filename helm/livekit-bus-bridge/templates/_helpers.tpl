@@ -75,7 +75,20 @@ an empty secret.
 {{- toJson $refs }}
 {{- end }}
 
-{{/* The secret env vars, shared by the Deployment and the helm test Pod. */}}
+{{/* The bridge's env vars (secrets, then the downward-API replica id), shared by the Deployment and the
+helm test Pod. */}}
+{{- define "livekit-bus-bridge.env" -}}
+{{- include "livekit-bus-bridge.secretEnv" . }}
+{{- if eq .Values.ownership.mode "nats" }}
+{{- /* Each pod's name in the lease bucket: stable for the pod's life and readable in /rooms and logs. */}}
+- name: BRIDGE_OWNERSHIP__REPLICA_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+{{- end }}
+
+{{/* The secret env vars. */}}
 {{- define "livekit-bus-bridge.secretEnv" -}}
 {{- $secretName := include "livekit-bus-bridge.secretName" . }}
 {{- range include "livekit-bus-bridge.secretRefs" . | fromJsonArray }}
@@ -97,12 +110,33 @@ Secrets are left out: they arrive as environment variables.
   "url" (required "livekit.url is required" $v.livekit.url)
   "api_key" (required "livekit.apiKey is required" $v.livekit.apiKey)
   "identity" $v.livekit.identity
+  "hidden" $v.livekit.hidden
   "leave_deadline_s" $v.livekit.leaveDeadlineSeconds }}
+{{- $events := dict
+  "data_format" $v.events.dataFormat
+  "include" $v.events.include
+  "exclude" $v.events.exclude
+  "assemble_text_streams" $v.events.assembleTextStreams }}
+{{- /* Counts go through int: toYaml writes a large float64 (values are JSON numbers) as 1e+06. */}}
+{{- $commands := dict
+  "enabled" $v.commands.enabled
+  "max_bytes" (int $v.commands.maxBytes)
+  "response_timeout_s" $v.commands.responseTimeoutSeconds
+  "dedup_window_s" $v.commands.dedupWindowSeconds }}
+{{- with $v.commands.allowed }}{{ $_ := set $commands "allowed" . }}{{ end }}
+{{- /* The webhook Service is only useful if the bridge accepts webhooks, and vice versa. */}}
+{{- $discovery := dict "webhook" $v.webhook.enabled "auto_join" $v.discovery.autoJoin }}
+{{- with $v.discovery.listRoomsIntervalSeconds }}{{ $_ := set $discovery "list_rooms_interval_s" . }}{{ end }}
+{{- $media := dict "subscribe" $v.media.subscribe }}
+{{- with $v.media.recordingsDir }}{{ $_ := set $media "recordings_dir" . }}{{ end }}
 {{- $cfg := dict
   "livekit" $livekit
   "rooms" (dict "static" $v.rooms.static)
-  "events" (dict "data_format" $v.events.dataFormat "include" $v.events.include "exclude" $v.events.exclude)
-  "outbox" (dict "capacity" $v.outbox.capacity "overflow" $v.outbox.overflow)
+  "events" $events
+  "commands" $commands
+  "discovery" $discovery
+  "media" $media
+  "outbox" (dict "capacity" (int $v.outbox.capacity) "overflow" $v.outbox.overflow)
   "logging" (dict "level" $v.logging.level "json" $v.logging.json)
   "http" (dict "listen" (printf "0.0.0.0:%d" (int $v.http.port))) }}
 {{- with $v.kafka }}
@@ -113,6 +147,9 @@ Secrets are left out: they arrive as environment variables.
   "events_topic" .eventsTopic
   "commands_topic" .commandsTopic
   "dead_letter_topic" .deadLetterTopic
+  "commands_state_topic" (.commandsStateTopic | default nil)
+  "commands_group_id" .commandsGroupId
+  "session_timeout_s" .sessionTimeoutSeconds
   "compression_type" .compressionType
   "security_protocol" .securityProtocol }}
 {{- if hasPrefix "SASL_" .securityProtocol }}
@@ -132,7 +169,9 @@ Secrets are left out: they arrive as environment variables.
   "servers" .servers
   "subject_prefix" .subjectPrefix
   "jetstream" .jetstream
-  "binary_mode" .binaryMode }}
+  "binary_mode" .binaryMode
+  "queue_group" .queueGroup }}
+{{- with .deadLetterSubject }}{{ $_ := set $nats "dead_letter_subject" . }}{{ end }}
 {{- if eq .auth.mode "password" }}
 {{- $_ := set $nats "user" (required "nats.auth.user is required with nats.auth.mode password" .auth.user) }}
 {{- else if eq .auth.mode "credsFile" }}
@@ -141,8 +180,17 @@ Secrets are left out: they arrive as environment variables.
 {{- $_ := set $cfg "nats" $nats }}
 {{- end }}
 {{- end }}
-{{- if ne $v.ownership.mode "static" }}
-{{- $_ := set $cfg "ownership" (dict "mode" $v.ownership.mode) }}
+{{- with $v.ownership }}
+{{- if ne .mode "static" }}
+{{- $ownership := dict "mode" .mode "handover_timeout_s" .handoverTimeoutSeconds }}
+{{- if eq .mode "nats" }}
+{{- /* replica_id comes from BRIDGE_OWNERSHIP__REPLICA_ID (the pod name), see livekit-bus-bridge.env. */}}
+{{- $_ := set $ownership "lease_ttl_s" .leaseTtlSeconds }}
+{{- $_ := set $ownership "bucket" .bucket }}
+{{- with .capacity }}{{ $_ := set $ownership "capacity" (int .) }}{{ end }}
+{{- end }}
+{{- $_ := set $cfg "ownership" $ownership }}
+{{- end }}
 {{- end }}
 {{- toYaml (mergeOverwrite $cfg (deepCopy $v.extraConfig)) }}
 {{- end }}
@@ -156,8 +204,14 @@ Secrets are left out: they arrive as environment variables.
 {{- if and (eq $v.ownership.mode "kafka") (not $v.kafka.enabled) }}
 {{- fail "ownership.mode kafka needs kafka.enabled" }}
 {{- end }}
+{{- if and (eq $v.ownership.mode "kafka") (not $v.commands.enabled) }}
+{{- fail "ownership.mode kafka needs commands.enabled (the command consumer group assigns the rooms)" }}
+{{- end }}
 {{- if and (eq $v.ownership.mode "nats") (not (and $v.nats.enabled $v.nats.jetstream)) }}
 {{- fail "ownership.mode nats needs nats.enabled and nats.jetstream (leases live in JetStream KV)" }}
+{{- end }}
+{{- if and $v.media.recordingsDir (eq $v.media.recordingsVolume.type "persistentVolumeClaim") (not $v.media.recordingsVolume.claimName) }}
+{{- fail "media.recordingsVolume.claimName is required with media.recordingsVolume.type persistentVolumeClaim" }}
 {{- end }}
 {{- if not (or $v.kafka.enabled $v.nats.enabled) }}
 {{- fail "enable at least one bus: kafka.enabled or nats.enabled" }}
