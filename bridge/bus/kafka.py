@@ -41,7 +41,7 @@ from bridge.config import KafkaSettings
 from bridge.errors import BusError
 from bridge.events.cloudevent import CloudEvent
 
-__all__ = ["KafkaPublisher", "partition_for"]
+__all__ = ["KafkaPublisher", "client_options", "partition_for"]
 
 log = logging.getLogger("bridge.bus.kafka")
 
@@ -56,6 +56,27 @@ REJECTED: Final = (
 )
 _PARTITION_CACHE_MAX: Final = 65_536
 _partitioner: Final = DefaultPartitioner()
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options every Kafka client of the bridge uses (secrets revealed here only)."""
+    s = settings
+    ssl_context = None
+    if s.security_protocol in ("SSL", "SASL_SSL"):
+        ssl_context = create_ssl_context(
+            cafile=str(s.ssl_cafile) if s.ssl_cafile else None,
+            certfile=str(s.ssl_certfile) if s.ssl_certfile else None,
+            keyfile=str(s.ssl_keyfile) if s.ssl_keyfile else None,
+        )
+    return {
+        "bootstrap_servers": ",".join(s.bootstrap_servers),
+        "security_protocol": s.security_protocol,
+        "ssl_context": ssl_context,
+        "sasl_mechanism": s.sasl_mechanism or "PLAIN",
+        "sasl_plain_username": s.sasl_username,
+        # Revealed only here, inside the client; never in a message or a log line.
+        "sasl_plain_password": s.sasl_password.reveal() if s.sasl_password is not None else None,
+    }
 
 
 def partition_for(key: bytes, partitions: Sequence[int]) -> int:
@@ -105,15 +126,7 @@ class KafkaPublisher:
 
     def _build(self) -> Any:
         s = self._settings
-        ssl_context = None
-        if s.security_protocol in ("SSL", "SASL_SSL"):
-            ssl_context = create_ssl_context(
-                cafile=str(s.ssl_cafile) if s.ssl_cafile else None,
-                certfile=str(s.ssl_certfile) if s.ssl_certfile else None,
-                keyfile=str(s.ssl_keyfile) if s.ssl_keyfile else None,
-            )
         return AIOKafkaProducer(
-            bootstrap_servers=",".join(s.bootstrap_servers),
             client_id=self._client_id,
             acks=s.acks,
             enable_idempotence=s.enable_idempotence,
@@ -122,12 +135,7 @@ class KafkaPublisher:
             max_batch_size=self._max_batch_bytes,
             max_request_size=self._max_request_bytes,
             request_timeout_ms=int(self._publish_timeout_s * 1000),
-            security_protocol=s.security_protocol,
-            ssl_context=ssl_context,
-            sasl_mechanism=s.sasl_mechanism or "PLAIN",
-            sasl_plain_username=s.sasl_username,
-            # Revealed only here, inside the client; never in a message or a log line.
-            sasl_plain_password=s.sasl_password.reveal() if s.sasl_password is not None else None,
+            **client_options(s),
         )
 
     async def start(self) -> None:

@@ -30,7 +30,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -40,6 +39,7 @@ from bridge.bus.base import unavailable
 from bridge.bus.bindings import is_json_content_type
 from bridge.bus.command_source import Handler
 from bridge.bus.kafka import REJECTED as _REJECTED
+from bridge.bus.kafka import client_options
 from bridge.commands.offsets import PartitionOffsets
 from bridge.commands.validate import RawCommand
 from bridge.config import KafkaSettings
@@ -62,27 +62,6 @@ RecoveredHandler = Callable[[str, events_pb2.CommandResult], None]
 # Told the partitions of the commands topic this replica holds, and the topic's partition count, after
 # every assignment and revocation (room ownership in ``ownership.mode: kafka`` follows it).
 AssignmentHandler = Callable[[frozenset[int], int], Awaitable[None]]
-
-
-def client_options(settings: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options shared by the consumer, the dead-letter producer and the scan."""
-    s = settings
-    ssl_context = None
-    if s.security_protocol in ("SSL", "SASL_SSL"):
-        ssl_context = create_ssl_context(
-            cafile=str(s.ssl_cafile) if s.ssl_cafile else None,
-            certfile=str(s.ssl_certfile) if s.ssl_certfile else None,
-            keyfile=str(s.ssl_keyfile) if s.ssl_keyfile else None,
-        )
-    return {
-        "bootstrap_servers": ",".join(s.bootstrap_servers),
-        "security_protocol": s.security_protocol,
-        "ssl_context": ssl_context,
-        "sasl_mechanism": s.sasl_mechanism or "PLAIN",
-        "sasl_plain_username": s.sasl_username,
-        # Revealed only here, inside the client; never in a message or a log line.
-        "sasl_plain_password": s.sasl_password.reveal() if s.sasl_password is not None else None,
-    }
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import nats
 import nats.errors
@@ -49,6 +49,19 @@ _STREAM_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 # JetStream API errors that mean "this record is wrong", not "try later" (message too large; subject
 # not in any stream would be 503 no-responders instead).
 _JS_REJECT_CODES: Final = frozenset({400, 413})
+
+
+def auth_options(settings: NatsSettings) -> dict[str, Any]:
+    """Servers and credentials every NATS client of the bridge connects with."""
+    s = settings
+    return {
+        "servers": list(s.servers),
+        "user": s.user,
+        # Revealed only here, inside the client; never in a message or a log line.
+        "password": s.password.reveal() if s.password is not None else None,
+        "token": s.token.reveal() if s.token is not None else None,
+        "user_credentials": str(s.creds_file) if s.creds_file is not None else None,
+    }
 
 
 def stream_name_for(prefix: str) -> str:
@@ -110,13 +123,8 @@ class NatsPublisher:
         s = self._settings
         try:
             return await nats.connect(
-                servers=list(s.servers),
                 name="livekit-bus-bridge",
-                user=s.user,
-                # Revealed only here, inside the client; never in a message or a log line.
-                password=s.password.reveal() if s.password is not None else None,
-                token=s.token.reveal() if s.token is not None else None,
-                user_credentials=str(s.creds_file) if s.creds_file is not None else None,
+                **auth_options(s),
                 connect_timeout=self._connect_timeout_s,  # float seconds work
                 reconnect_time_wait=self._reconnect_time_wait_s,
                 max_reconnect_attempts=-1,  # the outbox holds events; the client keeps trying

@@ -31,6 +31,7 @@ from nats.aio.subscription import Subscription
 from bridge.bus.base import unavailable
 from bridge.bus.bindings import percent_encode
 from bridge.bus.command_source import Handler
+from bridge.bus.nats import auth_options
 from bridge.commands.validate import RawCommand
 from bridge.config import NatsSettings
 
@@ -127,13 +128,8 @@ class NatsCommandSource:
         if self._nc is None:
             try:
                 self._nc = await nats.connect(
-                    servers=list(s.servers),
                     name="livekit-bus-bridge-commands",
-                    user=s.user,
-                    # Revealed only here, inside the client; never in a message or a log line.
-                    password=s.password.reveal() if s.password is not None else None,
-                    token=s.token.reveal() if s.token is not None else None,
-                    user_credentials=str(s.creds_file) if s.creds_file is not None else None,
+                    **auth_options(s),
                     connect_timeout=self._connect_timeout_s,  # float seconds work
                     reconnect_time_wait=self._reconnect_time_wait_s,
                     max_reconnect_attempts=-1,

@@ -37,6 +37,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from bridge.bus.base import unavailable
+from bridge.bus.nats import auth_options
 from bridge.config import NatsSettings, OwnershipSettings
 from bridge.errors import BusError, OwnershipLost
 from bridge.rooms import ownership as pure
@@ -52,7 +53,7 @@ log = logging.getLogger("bridge.bus.nats_leases")
 _NATS_ERRORS: Final = (nats.errors.Error, OSError, TimeoutError)
 _DELETED: Final = ("DEL", "PURGE")
 RETRY_S: Final = 1.0
-STALE_TTLS: Final = 1.5  # leases without a renewal after which a holder counts as gone
+STALE_TTLS: Final = 1.2  # leases without a renewal after which a holder counts as gone
 
 
 class NatsLeaseOwnership(Ownership):
@@ -176,12 +177,8 @@ class NatsLeaseOwnership(Ownership):
         s = self._nats
         try:
             nc = await nats.connect(
-                servers=list(s.servers),
                 name="livekit-bus-bridge-ownership",
-                user=s.user,
-                password=s.password.reveal() if s.password is not None else None,
-                token=s.token.reveal() if s.token is not None else None,
-                user_credentials=str(s.creds_file) if s.creds_file is not None else None,
+                **auth_options(s),
                 connect_timeout=5.0,
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,

@@ -270,11 +270,8 @@ class CommandRunner:
         if cmd.kind == "bridge":
             await self._apply_bridge(work)
             return
-        session = self._owned(cmd.room)
+        session = await self._owned_or_reject(work)
         if session is None:
-            await self._finish_command(
-                work, REJECTED, ROOM_NOT_OWNED, f"room {cmd.room!r} is not served here"
-            )
             return
         if not await self._wait_connected(session):
             await self._finish_command(
@@ -297,6 +294,13 @@ class CommandRunner:
         else:
             # LiveKit's answer is awaited off the lane: the room's next command need not wait for it.
             self._tasks.spawn(self._await_answer(work, session, answer))
+
+    async def _owned_or_reject(self, work: _Work) -> RoomSession | None:
+        """The room's session, or None after answering ``rejected/room_not_owned``."""
+        session = self._owned(work.command.room)
+        if session is None:
+            await self._finish_command(work, REJECTED, ROOM_NOT_OWNED, _not_served(work.command.room))
+        return session
 
     def _owned(self, room: str) -> RoomSession | None:
         if not self.owns(room):
@@ -368,11 +372,8 @@ class CommandRunner:
         if cmd.name == "join_room":
             await self._join(work)
             return
-        session = self._owned(cmd.room)
+        session = await self._owned_or_reject(work)
         if session is None:
-            await self._finish_command(
-                work, REJECTED, ROOM_NOT_OWNED, f"room {cmd.room!r} is not served here"
-            )
             return
         if cmd.name == "leave_room":
             await self._finish_command(work, APPLIED)

@@ -38,6 +38,15 @@ def decode_result(attrs: dict[str, Any]) -> events_pb2.CommandResult:
     return result
 
 
+def results_by_command(received: list[Received]) -> dict[str, list[Received]]:
+    """The command_result events among ``received``, by ``lkcommandid``."""
+    out: dict[str, list[Received]] = {}
+    for r in received:
+        if r.attrs.get("type") == RESULT_TYPE:
+            out.setdefault(str(r.attrs.get("lkcommandid")), []).append(r)
+    return out
+
+
 class CommandClient(Protocol):
     name: str
     dead_letters: list[tuple[dict[str, str], bytes]]  # (headers, payload)
@@ -84,11 +93,7 @@ class KafkaCommands:
         )
 
     def results(self) -> dict[str, list[Received]]:
-        out: dict[str, list[Received]] = {}
-        for r in self.events.received:
-            if r.attrs.get("type") == RESULT_TYPE:
-                out.setdefault(str(r.attrs.get("lkcommandid")), []).append(r)
-        return out
+        return results_by_command(self.events.received)
 
     async def result(self, command_id: str, within: float = 15.0) -> events_pb2.CommandResult:
         await eventually(lambda: command_id in self.results(), within=within, what=f"result of {command_id}")
@@ -149,11 +154,7 @@ class NatsCommands:
         )
 
     def results(self) -> dict[str, list[Received]]:
-        out: dict[str, list[Received]] = {}
-        for r in self.events.received:
-            if r.attrs.get("type") == RESULT_TYPE:
-                out.setdefault(str(r.attrs.get("lkcommandid")), []).append(r)
-        return out
+        return results_by_command(self.events.received)
 
     async def result(self, command_id: str, within: float = 15.0) -> events_pb2.CommandResult:
         await eventually(lambda: command_id in self.results(), within=within, what=f"result of {command_id}")
