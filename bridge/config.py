@@ -470,6 +470,20 @@ class OwnershipSettings(_Section):
     replica_id: Text | None = None
 
 
+def _forward_targets(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """``media.forward_allow``: each entry an address, a CIDR range or a host name (checked here)."""
+    import ipaddress
+    import re
+
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", entry):
+                raise ValueError(f"{entry!r} is not an address, a CIDR range or a host name") from None
+    return entries
+
+
 class SubscribeRule(_Section):
     """One ``media.subscribe`` rule: a remote track matches when all three fields match."""
 
@@ -487,6 +501,13 @@ class MediaSettings(_Section):
     recordings_dir: Path | None = None
     max_recordings: Count = 8  # per room, at the same time
     recording_queue_frames: Count = 512  # per recording; beyond it frames are dropped and counted
+    # ``bridge.forward_track`` sends RTP only to these: addresses, CIDR ranges or host names; empty: refused.
+    forward_allow: Annotated[Texts, AfterValidator(_forward_targets)] = ()
+    max_forwards: Count = 8  # per room, at the same time
+    forward_queue_packets: Count = 256  # per forward; beyond it RTP packets are dropped and counted
+    # ``bridge.publish_track`` plays files from below this directory (``path`` is relative); None: refused.
+    publish_dir: Path | None = None
+    max_published_tracks: Count = 4  # per room, at the same time
 
 
 class Settings(_Section):

@@ -24,7 +24,8 @@
     │  └─ PublishFailed                 retriable unless the broker rejected the record
     ├─ MediaError
     │  ├─ NegotiationFailed
-    │  └─ RecordingRefused              a record_track / stop_recording the bridge cannot do: ``code``
+    │  ├─ RecordingRefused              a record_track / stop_recording the bridge cannot do: ``code``
+    │  └─ MediaRefused                  a forward / publish command the bridge cannot do: ``code``
     ├─ ServerApiError                   LiveKit's server API (Twirp) refused or failed a call: ``code``,
     │                                   ``retriable`` for unavailable / timeout / internal / 5xx
     ├─ WebhookRefused                   a POST that is not a LiveKit webhook signed with our key: ``reason``
@@ -154,6 +155,16 @@ class NegotiationFailed(MediaError):
 class RecordingRefused(MediaError):
     """A recording command that cannot be carried out; ``code`` says why (``unsupported``, ``not_found``,
     ``invalid_path``, ``exists``, ``busy``, ``limit``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MediaRefused(MediaError):
+    """A forward_track / stop_forward / publish_track / unpublish_track that cannot be carried out;
+    ``code`` says why (``unsupported``, ``not_allowed``, ``not_found``, ``invalid_path``, ``exists``,
+    ``busy``, ``limit``, ``unavailable``, ``timeout``)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

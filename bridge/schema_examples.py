@@ -298,6 +298,10 @@ BRIDGE_COMMANDS: Final[dict[str, Any]] = {
     },
     "record_track": {"trackSid": "TR_AMb0bMic", "path": "standup/bob-mic.ogg", "durationS": 30},
     "stop_recording": {"trackSid": "TR_AMb0bMic"},
+    "forward_track": {"trackSid": "TR_AMb0bMic", "host": "10.0.0.7", "port": 5004, "sdpPath": "bob-mic.sdp"},
+    "stop_forward": {"trackSid": "TR_AMb0bMic"},
+    "publish_track": {"path": "announcements/welcome.ogg", "name": "announcer", "loop": False},
+    "unpublish_track": {"trackSid": "TR_AMbr1dge"},
 }
 
 # What each signal command does (livekit-signaling.md §5.1, SignalRequest).

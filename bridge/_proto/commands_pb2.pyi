@@ -102,3 +102,41 @@ class StopRecording(_message.Message):
     TRACK_SID_FIELD_NUMBER: _ClassVar[int]
     track_sid: str
     def __init__(self, track_sid: _Optional[str] = ...) -> None: ...
+
+class ForwardTrack(_message.Message):
+    __slots__ = ("track_sid", "host", "port", "payload_type", "sdp_path")
+    TRACK_SID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SDP_PATH_FIELD_NUMBER: _ClassVar[int]
+    track_sid: str
+    host: str
+    port: int
+    payload_type: int
+    sdp_path: str
+    def __init__(self, track_sid: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., payload_type: _Optional[int] = ..., sdp_path: _Optional[str] = ...) -> None: ...
+
+class StopForward(_message.Message):
+    __slots__ = ("track_sid",)
+    TRACK_SID_FIELD_NUMBER: _ClassVar[int]
+    track_sid: str
+    def __init__(self, track_sid: _Optional[str] = ...) -> None: ...
+
+class PublishTrack(_message.Message):
+    __slots__ = ("path", "name", "loop", "source")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOOP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    name: str
+    loop: bool
+    source: _livekit_models_pb2.TrackSource
+    def __init__(self, path: _Optional[str] = ..., name: _Optional[str] = ..., loop: bool = ..., source: _Optional[_Union[_livekit_models_pb2.TrackSource, str]] = ...) -> None: ...
+
+class UnpublishTrack(_message.Message):
+    __slots__ = ("track_sid",)
+    TRACK_SID_FIELD_NUMBER: _ClassVar[int]
+    track_sid: str
+    def __init__(self, track_sid: _Optional[str] = ...) -> None: ...

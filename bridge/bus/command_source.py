@@ -45,6 +45,12 @@ class Delivery(Protocol):
         """Done with this message: the broker may forget it."""
         ...
 
+    @property
+    def stale(self) -> bool:
+        """The broker will deliver this message again elsewhere (Kafka: its partition was revoked since):
+        drop it without an answer rather than apply it or reject it here."""
+        ...
+
 
 Handler = Callable[[Delivery], Awaitable[None]]
 

@@ -54,6 +54,7 @@ log = logging.getLogger("bridge.bus.kafka_commands")
 RESULT_TYPE: Final = types.BRIDGE["command_result"].type.encode()
 RECOVERY_SKEW_MS: Final = 5_000  # producer clocks and result publishing may trail the command's timestamp
 REVOKE_DEADLINE_S: Final = 5.0  # how long a revoked partition's in-flight commands may take to settle
+SCAN_DEADLINE_S: Final = 30.0  # a recovery scan never holds command consumption longer than this
 RETRY_INITIAL_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
 ERROR_TEXT_MAX: Final = 1000  # bytes of error message put in a dead letter's header
@@ -88,6 +89,10 @@ class KafkaDelivery:
 
     async def reply(self, payload: bytes) -> None:
         return None  # Kafka has no reply address: the result event is the answer
+
+    @property
+    def stale(self) -> bool:
+        return self.source.is_stale(self)
 
     def settle(self) -> None:
         self.source.settle(self)
@@ -217,6 +222,12 @@ class KafkaCommandSource:
                 )
                 await asyncio.sleep(delay)  # backoff between reconnect attempts, not synchronisation
                 delay = min(delay * 2, RETRY_MAX_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not silently end command consumption for this replica
+                log.exception("kafka: command fetch loop failed; restarting it in %.1fs", delay)
+                await asyncio.sleep(delay)  # backoff before the fetch loop starts again
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def _fetch(self) -> None:
         consumer = self._consumer
@@ -227,18 +238,21 @@ class KafkaCommandSource:
             if not batch:
                 continue
             now = time.monotonic()
-            for tp, records in batch.items():
-                if tp in self._needs_recovery and records:
-                    self._needs_recovery.discard(tp)
-                    await self._recover(records[0].timestamp - RECOVERY_SKEW_MS)
+            generation = self._generation
+            recovering = [records[0].timestamp for tp, records in batch.items() if tp in self._needs_recovery]
+            if recovering:
+                # One scan for every partition of this batch that needs it, from the oldest record.
+                self._needs_recovery.difference_update(batch)
+                await self._recover(min(recovering) - RECOVERY_SKEW_MS)
             await self._mark_started(batch)
             for tp, records in batch.items():
                 started_before = self._started_before.get(tp.partition, set())
                 for record in records:
                     offsets = self._offsets.get(tp)
-                    if offsets is None:
-                        break  # revoked while this batch was in hand: the new owner gets these
-                    offsets.delivered(record.offset)
+                    if offsets is None or generation != self._generation:
+                        break  # a rebalance while this batch was in hand: the partition is fetched anew
+                    if not offsets.delivered(record.offset):
+                        continue  # already handed over in this assignment
                     self._in_flight += 1
                     if self._in_flight >= self._max_in_flight:
                         self._room.clear()
@@ -313,6 +327,10 @@ class KafkaCommandSource:
 
     # ------------------------------------------------------------------ offsets
 
+    def is_stale(self, delivery: KafkaDelivery) -> bool:
+        """Revoked (or revoked and assigned again) since it was fetched: it will be fetched anew."""
+        return delivery.generation != self._generation or delivery.tp not in self.assignment
+
     def settle(self, delivery: KafkaDelivery) -> None:
         self._in_flight -= 1
         self._settled.set()
@@ -355,19 +373,25 @@ class KafkaCommandSource:
         self._generation += 1
         # Called from inside consumer.start() for the first assignment, before _consumer is set.
         consumer = self._consumer or (self._starting_clients[0] if self._starting_clients else None)
-        for tp in assigned:
-            self._offsets[tp] = PartitionOffsets()
-            committed = await consumer.committed(tp) if consumer is not None else None
-            if committed is not None:
-                self._needs_recovery.add(tp)
-        self.assignment = frozenset(assigned)
-        log.info("kafka: command partitions assigned: %s", sorted(tp.partition for tp in assigned))
-        await self._tell_assignment()
+        try:
+            for tp in assigned:
+                self._offsets[tp] = PartitionOffsets()
+                try:
+                    committed = await consumer.committed(tp) if consumer is not None else None
+                except KafkaError:
+                    committed = 0  # unknown: scan for past results rather than risk applying twice
+                if committed is not None:
+                    self._needs_recovery.add(tp)
+        finally:
+            self.assignment = frozenset(assigned)
+            log.info("kafka: command partitions assigned: %s", sorted(tp.partition for tp in assigned))
+            await self._tell_assignment(consumer)
 
-    async def _tell_assignment(self) -> None:
-        if self._on_assignment is None or self._consumer is None:
+    async def _tell_assignment(self, consumer: Any = None) -> None:
+        consumer = consumer or self._consumer
+        if self._on_assignment is None or consumer is None:
             return
-        partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        partitions = consumer.partitions_for_topic(self.topic) or set()
         await self._on_assignment(frozenset(tp.partition for tp in self.assignment), len(partitions))
 
     async def revoked(self, revoked: list[TopicPartition]) -> None:
@@ -408,47 +432,10 @@ class KafkaCommandSource:
         )
 
     async def _scan(self, topic: str, since_ms: int, take: Callable[[Any], int]) -> int:
-        """Read every record of ``topic`` from ``since_ms`` to the current end through ``take``."""
-        options = client_options(self._settings)
-        scanner = AIOKafkaConsumer(
-            client_id=self._client_id, group_id=None, enable_auto_commit=False, **options
+        partitions = await self._producer.partitions_for(topic)
+        return await scan_topic(
+            client_options(self._settings), topic, partitions or (), since_ms, take, client_id=self._client_id
         )
-        found = 0
-        try:
-            await scanner.start()
-            partitions = await self._producer.partitions_for(topic)
-            tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-            if not tps:
-                return 0
-            scanner.assign(tps)
-            starts = await scanner.offsets_for_times(dict.fromkeys(tps, max(0, since_ms)))
-            ends = await scanner.end_offsets(tps)
-            todo = {}
-            for tp in tps:
-                start = starts.get(tp)
-                if start is None:
-                    continue  # nothing written since since_ms
-                scanner.seek(tp, start.offset)
-                todo[tp] = max(ends[tp], start.offset)
-            # Read until caught up with the end offsets AND a fetch comes back empty: some Kafka-protocol
-            # brokers (tansu) under-report the end offset after a multi-record batch, and stopping at it
-            # would miss exactly the newest markers, the ones that matter.
-            while todo:
-                batch = await scanner.getmany(*todo, timeout_ms=300, max_records=5000)
-                for records in batch.values():
-                    for record in records:
-                        found += take(record)
-                if not batch:
-                    for tp in list(todo):
-                        if await scanner.position(tp) >= todo[tp]:
-                            todo.pop(tp)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            # Without the scan a redelivered command may be applied again: say so once, then go on.
-            why = type(exc).__name__
-            log.warning("kafka: could not read %s (%s); redeliveries may repeat", topic, why)
-        finally:
-            await _quietly(scanner.stop())
-        return found
 
     def _started_from(self, record: Any) -> int:
         topic, _, position = (record.key or b"").decode(errors="replace").rpartition(":")
@@ -512,6 +499,66 @@ class KafkaCommandSource:
                 continue
             self.dead_lettered += 1
             return
+
+
+async def scan_topic(
+    options: dict[str, Any],
+    topic: str,
+    partitions: Iterable[int],
+    since_ms: int,
+    take: Callable[[Any], int],
+    *,
+    client_id: str = "livekit-bus-bridge",
+) -> int:
+    """Feed every record of ``topic`` written since ``since_ms`` up to about now to ``take``; returns the
+    sum of what ``take`` returned. Bounded by ``SCAN_DEADLINE_S``; a broker error ends it with a warning."""
+    scanner = AIOKafkaConsumer(client_id=client_id, group_id=None, enable_auto_commit=False, **options)
+    found = 0
+    try:
+        await scanner.start()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return 0
+        scanner.assign(tps)
+        starts = await scanner.offsets_for_times(dict.fromkeys(tps, max(0, since_ms)))
+        ends = await scanner.end_offsets(tps)
+        todo = {}
+        for tp in tps:
+            start = starts.get(tp)
+            if start is None:
+                continue  # nothing written since since_ms
+            scanner.seek(tp, start.offset)
+            todo[tp] = max(ends[tp], start.offset)
+        # Read until caught up with the end offsets AND a fetch comes back empty: some Kafka-protocol
+        # brokers (tansu) under-report the end offset after a multi-record batch, and stopping at it
+        # would miss exactly the newest markers, the ones that matter.
+        deadline = time.monotonic() + SCAN_DEADLINE_S
+        at_end: set[TopicPartition] = set()
+        while todo:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "kafka: reading %s took over %.0fs; going on without the rest", topic, SCAN_DEADLINE_S
+                )
+                break
+            batch = await scanner.getmany(*todo, timeout_ms=300, max_records=5000)
+            for records in batch.values():
+                for record in records:
+                    found += take(record)
+            for tp in list(todo):
+                if await scanner.position(tp) < todo[tp]:
+                    continue
+                # Past the end offset read at the start: one more fetch for what it under-reported
+                # (tansu), then done, however busy the topic is.
+                if tp in at_end or tp not in batch:
+                    todo.pop(tp)
+                at_end.add(tp)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        # Without the scan a redelivered command may be applied again: say so once, then go on.
+        why = type(exc).__name__
+        log.warning("kafka: could not read %s (%s); redeliveries may repeat", topic, why)
+    finally:
+        await _quietly(scanner.stop())
+    return found
 
 
 async def _quietly(coro: Any) -> None:

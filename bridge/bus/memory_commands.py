@@ -25,6 +25,7 @@ class MemoryDelivery:
     received_at: float = field(default_factory=time.monotonic)
     via: str = "memory"
     interrupted: bool = False
+    stale: bool = False  # tests set it to act out a revoked partition
     reply_payload: bytes | None = None
     dead: tuple[str, str] | None = None
     settled: int = 0

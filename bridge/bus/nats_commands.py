@@ -62,6 +62,10 @@ class NatsDelivery:
     async def reply(self, payload: bytes) -> None:
         await self.source.reply(self.msg, payload)
 
+    @property
+    def stale(self) -> bool:
+        return False  # core NATS never redelivers
+
     def settle(self) -> None:
         self.source.settle()
 

@@ -66,6 +66,10 @@ class DedupWindow(Generic[R]):
         else:
             entry.result = result
 
+    def forget(self, command_id: str) -> None:
+        """Drop an id (a delivery let go unanswered, to be delivered again)."""
+        self._seen.pop(command_id, None)
+
     def _add(self, command_id: str, entry: Seen[R]) -> None:
         while len(self._seen) >= self.max_ids:
             self._seen.popitem(last=False)

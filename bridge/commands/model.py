@@ -51,6 +51,10 @@ BRIDGE_MESSAGES: Final[Mapping[str, type[Message]]] = MappingProxyType(
         "perform_rpc": commands_pb2.PerformRpc,
         "record_track": commands_pb2.RecordTrack,
         "stop_recording": commands_pb2.StopRecording,
+        "forward_track": commands_pb2.ForwardTrack,
+        "stop_forward": commands_pb2.StopForward,
+        "publish_track": commands_pb2.PublishTrack,
+        "unpublish_track": commands_pb2.UnpublishTrack,
     }
 )
 

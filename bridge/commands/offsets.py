@@ -27,11 +27,14 @@ class PartitionOffsets:
         """Delivered but not yet settled."""
         return len(self._open) - len(self._done)
 
-    def delivered(self, offset: int) -> None:
+    def delivered(self, offset: int) -> bool:
+        """Record a delivery; False (and nothing recorded) for an offset at or below one already seen,
+        which a fetch can return again after a seek or a rebalance."""
         if self._next is not None and offset < self._next:
-            raise ValueError(f"offset {offset} delivered after {self._next - 1}: offsets must increase")
+            return False
         self._open.append(offset)
         self._next = offset + 1
+        return True
 
     def settled(self, offset: int) -> None:
         """Mark a delivered offset done (applied, rejected or dead-lettered); unknown offsets raise."""

@@ -8,8 +8,9 @@ creates that publisher PC the first time something has to be sent (research ``me
 ``answer`` response LiveKit sends back (matched by that ``id``). PUBLISHER-target trickle candidates
 wait, in a bounded list, until the answer is applied.
 
-Only data is published for now. If the PC fails or closes it is dropped and the next send builds a
-new one; a send that cannot get an open channel within its deadline raises
+Tracks (:meth:`PublisherPeer.add_track`) are added to the connected PC and announced by a re-offer
+on the same PC; removing one turns its m-line inactive. If the PC fails or closes it is dropped and
+the next send builds a new one; a send that cannot get an open channel within its deadline raises
 :class:`~bridge.errors.NegotiationFailed` (the caller may fall back to the server API).
 """
 
@@ -53,6 +54,7 @@ class PublisherStats:
     data_sent: int = 0
     data_bytes_sent: int = 0
     send_refused: int = 0  # channel buffer full, or the channel closed under us
+    renegotiations: int = 0  # offers after the first one on a PC (tracks added or removed)
 
 
 class PublisherPeer:
@@ -70,6 +72,7 @@ class PublisherPeer:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._pending: list[Any] = []
+        self._transceivers: dict[str, Any] = {}  # AddTrackRequest cid -> sending transceiver
         self._closed = False
         self.stats = PublisherStats()
 
@@ -197,6 +200,10 @@ class PublisherPeer:
             if pc.connectionState in ("failed", "closed"):
                 self._open.clear()
 
+        await self._exchange(pc)
+
+    async def _exchange(self, pc: Any) -> None:
+        """One offer/answer round on ``pc`` (the first one, or a renegotiation after a track change)."""
         await pc.setLocalDescription(await pc.createOffer())
         self._offer_id = next(self._ids)
         waiting = self._answer = asyncio.get_running_loop().create_future()
@@ -221,6 +228,44 @@ class PublisherPeer:
         for candidate in pending:
             await self._add_candidate(pc, candidate)
 
+    async def add_track(self, track: Any, *, cid: str, timeout_s: float) -> None:
+        """Send ``track`` on the publisher PC (set up first if needed) and renegotiate.
+
+        ``cid`` is the ``AddTrackRequest.cid`` LiveKit already answered with ``track_published``: it goes
+        into the m-line's msid, which is how LiveKit ties the m-line to the announced track. Raises
+        :class:`NegotiationFailed` when the PC could not be set up or renegotiated within ``timeout_s``.
+        """
+        await self.ensure_ready(timeout_s)
+        async with self._lock:
+            pc = self._pc
+            if pc is None or self._closed:
+                raise NegotiationFailed("the publisher PeerConnection closed before the track was added")
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            # aiortc has no API for the msid track id; its SDP writer reads this sender field.
+            transceiver.sender._track_id = cid
+            self._transceivers[cid] = transceiver
+            await self._renegotiate(pc, timeout_s)
+
+    async def remove_track(self, cid: str, *, timeout_s: float) -> None:
+        """Stop sending the track added as ``cid``: its m-line goes inactive (aiortc cannot remove it)."""
+        async with self._lock:
+            transceiver = self._transceivers.pop(cid, None)
+            pc = self._pc
+            if transceiver is None or pc is None or pc.connectionState != "connected":
+                return  # nothing to renegotiate: the PC (and the track with it) is gone
+            transceiver.direction = "inactive"
+            await self._renegotiate(pc, timeout_s)
+
+    async def _renegotiate(self, pc: Any, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(self._exchange(pc), timeout_s)
+        except TimeoutError:
+            self.stats.negotiation_failures += 1
+            raise NegotiationFailed(
+                f"LiveKit did not answer the publisher re-offer within {timeout_s:g}s"
+            ) from None
+        self.stats.renegotiations += 1
+
     def _channel_opened(self) -> None:
         if all(c.readyState == "open" for c in self._channels.values()):
             self._open.set()
@@ -241,6 +286,7 @@ class PublisherPeer:
     async def _drop_pc(self) -> None:
         pc, self._pc = self._pc, None
         self._channels = {}
+        self._transceivers.clear()
         self._open.clear()
         self._pending.clear()
         if self._answer is not None and not self._answer.done():

@@ -68,7 +68,9 @@ UNSUPPORTED: Final = "unsupported"
 INTERRUPTED: Final = "interrupted"
 
 NOT_CONNECTED: Final = "the room's signaling session is not connected"
-MEDIA_COMMANDS: Final = frozenset({"record_track", "stop_recording"})  # applied by the room session
+MEDIA_COMMANDS: Final = frozenset(  # applied by the room session
+    {"record_track", "stop_recording", "forward_track", "stop_forward", "publish_track", "unpublish_track"}
+)
 
 
 class ServerApiPort(Protocol):
@@ -109,6 +111,7 @@ class RunnerStats:
     failed: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    dropped_stale: int = 0  # dropped unanswered: the partition moved, the new owner answers
     send_data_fallbacks: int = 0  # bridge.send_data sent through the server API: no data channel
     apply_latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # received -> on the wire
 
@@ -255,6 +258,11 @@ class CommandRunner:
         try:
             while lane:
                 work = lane[0]
+                if work.delivery.stale:
+                    # Its partition moved while it waited: whoever owns it now gets it again and answers.
+                    self._drop(work.command.id, work.delivery)
+                    lane.popleft()
+                    continue
                 try:
                     await self._apply(work.command, work.delivery)
                 except Exception as exc:  # one command's bug must not stop its room's lane
@@ -264,6 +272,17 @@ class CommandRunner:
         finally:
             if self._lanes.get(room) is lane:
                 del self._lanes[room]
+
+    def _drop(self, command_id: str, delivery: Delivery) -> None:
+        """Let go of a delivery without a result: forget its id, settle it, release waiting duplicates."""
+        self.stats.dropped_stale += 1
+        self._dedup.forget(command_id)
+        delivery.settle()
+        for duplicate in self._duplicates_waiting.pop(command_id, ()):
+            duplicate.settle()
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
 
     async def _apply(self, cmd: Command, delivery: Delivery) -> None:
         work = _Work(cmd, delivery)
@@ -430,7 +449,7 @@ class CommandRunner:
         return True
 
     async def _apply_media(self, work: _Work, session: RoomSession) -> None:
-        """``record_track`` / ``stop_recording``: the room's recorder does the work."""
+        """Recording, forwarding and publishing commands: the room session does the work."""
         try:
             response = await session.media_command(work.command.name, work.command.message)
         except BridgeError as exc:

@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError, Message
@@ -22,11 +23,13 @@ from livekit.protocol import models, rtc
 
 from bridge._proto import commands_pb2, events_pb2
 from bridge.config import EventsSettings, LiveKitSettings, MediaSettings
-from bridge.errors import RecordingRefused
+from bridge.errors import MediaRefused, NegotiationFailed, RecordingRefused
 from bridge.events.cloudevent import CloudEvent, EventSink, SessionContext, source_uri
 from bridge.events.mapping import EventMapper, TypeFilter
 from bridge.events.streams import TextStreamAssembler
+from bridge.media.forward import Forwarder, sdp_for, write_sdp
 from bridge.media.peer import MediaPeer, RemoteTrack
+from bridge.media.playback import FileAudioTrack, probe_audio
 from bridge.media.publisher import PublisherPeer
 from bridge.media.recorder import Recorder
 from bridge.media.subscriptions import SubscriptionPolicy
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S: Final = 5.0
 SIDE_QUEUE: Final = 4096  # data packets and gap reports waiting to be emitted, per room
+PUBLISH_TIMEOUT_S: Final = 10.0  # track_published, then the publisher PC's renegotiation
+_FORWARD_CODECS: Final = {"audio/opus": "opus", "video/vp8": "vp8"}
 _STREAM_PARTS: Final = frozenset({"stream_header", "stream_chunk", "stream_trailer"})
 Cause = events_pb2.RoomSnapshot.Cause
 
@@ -114,13 +119,24 @@ class RoomSession:
             count_dropped=self._count_dropped,
             on_finished=self._recording_finished,
         )
+        self._media_settings = media or MediaSettings()
+        self.forwarder = Forwarder(
+            room=room,
+            allow=self._media_settings.forward_allow,
+            max_forwards=self._media_settings.max_forwards,
+            queue_packets=self._media_settings.forward_queue_packets,
+            request_keyframe=self._request_keyframe,
+            count_dropped=self._count_dropped,
+        )
         self.media = MediaPeer(
             send=self._send_media,
             room=room,
             on_data=self._on_data,
-            on_encoded=self.recorder.on_encoded,
-            on_track_ended=self.recorder.on_track_ended,
+            on_encoded=self._on_encoded,
+            on_track_ended=self._on_track_ended,
         )
+        self.published: dict[str, tuple[str, FileAudioTrack]] = {}  # track sid -> (cid, playing track)
+        self._publishing: dict[str, asyncio.Future[rtc.SignalResponse]] = {}  # cid -> LiveKit's answer
         self.publisher = PublisherPeer(send=self._send_media, room=room)
         self.text_streams: TextStreamAssembler | None = None
         if events is not None and events.assemble_text_streams:
@@ -151,6 +167,10 @@ class RoomSession:
             await self.connection.run()
         finally:
             await self.recorder.aclose()
+            await self.forwarder.aclose()
+            for _, playing in list(self.published.values()):
+                await playing.aclose()
+            self.published.clear()
             await self._tasks.aclose(CLOSE_TIMEOUT_S)
             try:
                 # aiortc's close can wait forever on transports whose tasks were cancelled under it.
@@ -209,7 +229,139 @@ class RoomSession:
         if isinstance(message, commands_pb2.StopRecording):
             self.recorder.stop(message.track_sid)
             return b""
+        if isinstance(message, commands_pb2.ForwardTrack):
+            return await self._forward(message)
+        if isinstance(message, commands_pb2.StopForward):
+            self.forwarder.stop(message.track_sid)
+            return b""
+        if isinstance(message, commands_pb2.PublishTrack):
+            return await self._publish_file(message)
+        if isinstance(message, commands_pb2.UnpublishTrack):
+            await self._unpublish(message.track_sid)
+            return b""
         raise RecordingRefused("unsupported", f"no media command {name}")
+
+    async def _forward(self, msg: commands_pb2.ForwardTrack) -> bytes:
+        """``forward_track``: start the forward, subscribe, answer with the SDP (and write it if asked)."""
+        info = self._track_info(msg.track_sid)
+        if info is None:
+            raise MediaRefused("not_found", f"no track {msg.track_sid} in room {self.room}")
+        default = "opus" if info.type == models.AUDIO else "vp8"
+        codec = _FORWARD_CODECS.get(info.mime_type.lower(), "" if info.mime_type else default)
+        if not codec:
+            raise MediaRefused("unsupported", f"{info.mime_type} cannot be forwarded (opus and VP8 can)")
+        fwd = await self.forwarder.start(msg.track_sid, msg.host, msg.port, codec, msg.payload_type)
+        sdp = sdp_for(
+            codec=codec,
+            address=fwd.address,
+            port=fwd.port,
+            payload_type=fwd.payload_type,
+            channels=2 if info.stereo else 1,
+            track_sid=msg.track_sid,
+        )
+        try:
+            if msg.sdp_path:
+                write_sdp(self._media_settings.recordings_dir, msg.sdp_path, sdp)
+        except (MediaRefused, OSError) as exc:
+            self.forwarder.stop(msg.track_sid, "error: not started")
+            if isinstance(exc, OSError):
+                raise MediaRefused("invalid_path", f"cannot write {msg.sdp_path}: {exc}") from exc
+            raise
+        if not self.subscribe_tracks([msg.track_sid]):
+            self.forwarder.stop(msg.track_sid, "error: not connected")
+            raise MediaRefused("unavailable", "the room's signaling session is not connected")
+        return sdp.encode()
+
+    async def _publish_file(self, msg: commands_pb2.PublishTrack) -> bytes:
+        """``publish_track``: announce the track, wait for LiveKit, add it to the publisher PC."""
+        file = self._publish_file_path(msg.path)
+        if len(self.published) >= self._media_settings.max_published_tracks:
+            raise MediaRefused("limit", f"{len(self.published)} tracks are published in this room")
+        try:
+            await asyncio.to_thread(probe_audio, file)
+        except ValueError as exc:
+            raise MediaRefused("invalid_path", f"{msg.path}: {exc}") from exc
+        cid = "BR_" + secrets.token_hex(6)
+        track = FileAudioTrack(file, loop=msg.loop, name=msg.name)
+        request = rtc.AddTrackRequest(
+            cid=cid, name=track.name, type=models.AUDIO, source=msg.source or models.MICROPHONE
+        )
+        answer: asyncio.Future[rtc.SignalResponse] = asyncio.get_running_loop().create_future()
+        self._publishing[cid] = answer
+        try:
+            if not self.send_request(rtc.SignalRequest(add_track=request)):
+                raise MediaRefused("unavailable", "the room's signaling session is not connected")
+            try:
+                response = await asyncio.wait_for(answer, PUBLISH_TIMEOUT_S)
+            except TimeoutError:
+                raise MediaRefused(
+                    "timeout", f"LiveKit did not publish the track within {PUBLISH_TIMEOUT_S:g}s"
+                ) from None
+        finally:
+            self._publishing.pop(cid, None)
+        if response.WhichOneof("message") == "request_response":
+            refusal = response.request_response
+            code = rtc.RequestResponse.Reason.Name(refusal.reason).lower()
+            raise MediaRefused(code, refusal.message or "LiveKit refused the track")
+        info = response.track_published.track
+        track.start()
+        try:
+            await self.publisher.add_track(track, cid=cid, timeout_s=PUBLISH_TIMEOUT_S)
+        except NegotiationFailed as exc:
+            await track.aclose()
+            raise MediaRefused("unavailable", str(exc)) from exc
+        self.published[info.sid] = (cid, track)
+        log.info(
+            "room=%s publishing %s as track %s (pass-through: %s)",
+            self.room,
+            msg.path,
+            info.sid,
+            track.passthrough,
+        )
+        return info.SerializeToString()
+
+    def _publish_file_path(self, path: str) -> Path:
+        root = self._media_settings.publish_dir
+        if root is None:
+            raise MediaRefused("unsupported", "publishing is off: set media.publish_dir")
+        base = root.resolve()
+        if not path or Path(path).is_absolute():
+            raise MediaRefused("invalid_path", "path must be relative to media.publish_dir")
+        target = (base / path).resolve()
+        if not target.is_relative_to(base) or target == base:
+            raise MediaRefused("invalid_path", "path leaves media.publish_dir")
+        if not target.is_file():
+            raise MediaRefused("not_found", f"no file {path} in media.publish_dir")
+        return target
+
+    async def _unpublish(self, track_sid: str) -> None:
+        entry = self.published.pop(track_sid, None)
+        if entry is None:
+            raise MediaRefused("not_found", f"the bridge does not publish a track {track_sid}")
+        cid, track = entry
+        await track.aclose()
+        # Subscribers see it muted at once; the inactive m-line then ends it on LiveKit's side.
+        self.send_request(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid=track_sid, muted=True)))
+        try:
+            await self.publisher.remove_track(cid, timeout_s=PUBLISH_TIMEOUT_S)
+        except NegotiationFailed as exc:
+            raise MediaRefused("unavailable", str(exc)) from exc
+
+    def _track_info(self, track_sid: str) -> models.TrackInfo | None:
+        for info in self.room_state.participants.values():
+            for track in info.tracks:
+                if track.sid == track_sid:
+                    return track
+        return None
+
+    def _on_encoded(self, remote: RemoteTrack, codec: Any, frame: Any) -> None:
+        self.recorder.on_encoded(remote, codec, frame)
+        if self.forwarder.forwards:
+            self.forwarder.on_encoded(remote, codec, frame)
+
+    def _on_track_ended(self, remote: RemoteTrack) -> None:
+        self.recorder.on_track_ended(remote)
+        self.forwarder.on_track_ended(remote)
 
     def _track_kind(self, track_sid: str) -> str | None:
         for info in self.room_state.participants.values():
@@ -238,6 +390,11 @@ class RoomSession:
         )
 
     # ---------------------------------------------------------- internals
+
+    def _publish_answered(self, cid: str, response: rtc.SignalResponse) -> None:
+        waiting = self._publishing.get(cid)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(response)
 
     def _send_media(self, request: rtc.SignalRequest) -> None:
         self.connection.send_request(request)
@@ -269,6 +426,10 @@ class RoomSession:
             self._spawn(self.media.handle_offer(response.offer))
         elif kind == "answer":
             self.publisher.handle_answer(response.answer)
+        elif kind == "track_published":
+            self._publish_answered(response.track_published.cid, response)
+        elif kind == "request_response" and response.request_response.WhichOneof("request") == "add_track":
+            self._publish_answered(response.request_response.add_track.cid, response)
         elif kind == "trickle":
             if response.trickle.target == rtc.SignalTarget.PUBLISHER:
                 self._spawn(self.publisher.handle_trickle(response.trickle))

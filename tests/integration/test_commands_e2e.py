@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import sys
 import tempfile
+import wave
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,6 +60,18 @@ class Env:
 
 
 RECORDINGS = tempfile.mkdtemp(prefix="bridge-e2e-recordings-")  # record_track writes below it
+PUBLISH = tempfile.mkdtemp(prefix="bridge-e2e-publish-")  # publish_track plays a file from it
+
+
+def _write_wav(path: Path, seconds: float = 2.0, rate: int = 16000) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(struct.pack(f"<{int(rate * seconds)}h", *([3000, -3000] * int(rate * seconds / 2))))
+
+
+_write_wav(Path(PUBLISH) / "clip.wav")
 
 
 def settings_for(server: SimServer, bus: str, names: dict[str, str], broker: Any) -> Settings:
@@ -69,6 +84,8 @@ def settings_for(server: SimServer, bus: str, names: dict[str, str], broker: Any
         "BRIDGE_ROOMS__STATIC": f"['{ROOM}']",
         "BRIDGE_HTTP__LISTEN": "127.0.0.1:0",
         "BRIDGE_MEDIA__RECORDINGS_DIR": RECORDINGS,
+        "BRIDGE_MEDIA__PUBLISH_DIR": PUBLISH,
+        "BRIDGE_MEDIA__FORWARD_ALLOW": "['127.0.0.1']",
     }
     if bus == "kafka":
         environ |= {
@@ -258,6 +275,36 @@ CASES: list[Case] = [
         "bridge.stop_recording",
         lambda env: commands_pb2.StopRecording(track_sid=env.alice_mic),
         lambda env, _: not env.bridge.supervisor.sessions[ROOM].recorder.recordings,
+    ),
+    Case(
+        # Nobody listens on the port: the packets are sent all the same (ICMP errors are only counted).
+        "bridge.forward_track",
+        lambda env: commands_pb2.ForwardTrack(track_sid=env.alice_mic, host="127.0.0.1", port=9),
+        lambda env, r: (
+            b"RTP/AVP 111" in r.response
+            and any(f.packets > 0 for f in env.bridge.supervisor.sessions[ROOM].forwarder.forwards.values())
+        ),
+    ),
+    Case(
+        "bridge.stop_forward",
+        lambda env: commands_pb2.StopForward(track_sid=env.alice_mic),
+        lambda env, _: not env.bridge.supervisor.sessions[ROOM].forwarder.forwards,
+    ),
+    Case(
+        "bridge.publish_track",
+        lambda env: commands_pb2.PublishTrack(path="clip.wav", name="bus-file", loop=True),
+        lambda env, r: (
+            models.TrackInfo.FromString(r.response).sid
+            in {t.sid for t in env.participant(IDENTITY).info.tracks}
+            and sum(env.server.session(ROOM, IDENTITY).media.received_frames.values()) > 0
+        ),
+    ),
+    Case(
+        "bridge.unpublish_track",
+        lambda env: commands_pb2.UnpublishTrack(
+            track_sid=next(t.sid for t in env.participant(IDENTITY).info.tracks if t.name == "bus-file")
+        ),
+        lambda env, _: not env.bridge.supervisor.sessions[ROOM].published,
     ),
     Case(
         "bridge.mute_track",

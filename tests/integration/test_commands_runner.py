@@ -202,3 +202,30 @@ async def test_join_and_leave_room_commands() -> None:
             lambda: bridge.supervisor.sessions["r2"].ended is not None, within=10, what="left r2"
         )
         assert results(bus)["l1"][1].status == Status.STATUS_APPLIED
+
+
+async def test_a_stale_delivery_is_dropped_unanswered_and_can_come_again() -> None:
+    async with bridged("r1") as (server, _, bridge, source, bus):
+        message = rtc.UpdateParticipantMetadata(metadata="moved-away")
+        record = kafka_command("r1", "update_metadata", message, command_id="st1")
+        # Queue it behind a command that waits for LiveKit's answer, then act out a revoked partition.
+        blocker = await source.submit_kafka(
+            *kafka_command("r1", "update_metadata", rtc.UpdateParticipantMetadata(metadata="first"))
+        )
+        stale = MemoryDelivery(build=("kafka", record), stale=True)
+        source.deliveries.append(stale)
+        await bridge.commands.handle(stale)
+        await finished(blocker)
+        await finished(stale)
+        assert "st1" not in results(bus)  # no answer: the partition's new owner gives it
+        assert bridge.commands.stats.dropped_stale == 1
+        sent = [
+            r.update_metadata.metadata
+            for r in bridge_requests(server, "r1")
+            if r.WhichOneof("message") == "update_metadata"
+        ]
+        assert "moved-away" not in sent
+        # Delivered again (to the new owner, here the same runner): applied once, one result.
+        again = await finished(await source.submit_kafka(*record))
+        assert again.reply_payload
+        await eventually(lambda: "st1" in results(bus), within=5, what="result after redelivery")

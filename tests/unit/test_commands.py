@@ -157,9 +157,13 @@ def test_bridge_commands_and_default_allowed() -> None:
         "perform_rpc",
         "record_track",
         "stop_recording",
+        "forward_track",
+        "stop_forward",
+        "publish_track",
+        "unpublish_track",
     }
     assert all(t in DEFAULT_ALLOWED for t in BRIDGE_COMMANDS)
-    assert len(DEFAULT_ALLOWED) == 22 - len(NEVER_FROM_BUS) + 10
+    assert len(DEFAULT_ALLOWED) == 22 - len(NEVER_FROM_BUS) + 14
     assert bridge_type("send_data") == "io.livekit.command.bridge.send_data.v1"
 
 

@@ -1,0 +1,266 @@
+"""Media out of and into a room: a real Bridge on the simulator, an in-memory bus and command source.
+
+- ``bridge.forward_track`` sends a subscribed opus track as RTP to a UDP listener in the test (payload
+  type 111, consecutive sequence numbers, growing timestamps, about 50 packets/s, payloads PyAV decodes),
+  and answers with an SDP description; ``stop_forward`` stops it; hosts outside ``media.forward_allow``
+  are refused;
+- ``bridge.publish_track`` plays a file (opus in Ogg, passed through; a WAV, encoded) into the room and
+  the simulator receives its frames; ``unpublish_track`` stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import itertools
+import math
+import struct
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from google.protobuf.message import Message
+from livekit.protocol import models
+
+from bridge._proto import commands_pb2, events_pb2
+from bridge.app import Bridge
+from bridge.bus.memory import InMemoryBus
+from bridge.bus.memory_commands import MemoryCommandSource
+from bridge.config import MediaSettings, load_settings
+from bridge.sim.ice import use_loopback_only
+from bridge.sim.scenario import Scenario
+from bridge.sim.server import SimServer
+from support.bridge import bridge_environ
+from support.commands import kafka_command
+from support.simulator import running_sim
+from support.waiting import eventually
+
+ROOM = "relay-e2e"
+IDENTITY = "livekit-bridge"
+RESULT = "io.livekit.bridge.command_result.v1"
+TIMEOUT = 20.0
+APPLIED = events_pb2.CommandResult.STATUS_APPLIED
+FAILED = events_pb2.CommandResult.STATUS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _loopback() -> None:
+    use_loopback_only()
+
+
+@contextlib.asynccontextmanager
+async def bridged(media: MediaSettings) -> AsyncIterator[tuple[SimServer, Scenario, Bridge, Any]]:
+    async with running_sim(ice_servers=()) as (server, scenario):
+        scenario.join(ROOM, "alice")
+        bus = InMemoryBus()
+        source = MemoryCommandSource()
+        environ = bridge_environ(server, ROOM) | {"BRIDGE_LIVEKIT__CAN_PUBLISH": "true"}
+        settings = load_settings(None, environ).model_copy(update={"media": media})
+        bridge = Bridge(settings, publishers=[bus], command_sources=[source])
+        await bridge.start()
+        try:
+            session = bridge.supervisor.sessions[ROOM]
+            await eventually(lambda: session.media.connected, within=TIMEOUT, what="the subscriber PC")
+
+            async def command(name: str, message: Message, cid: str) -> events_pb2.CommandResult:
+                await source.submit_kafka(*kafka_command(ROOM, name, message, command_id=cid))
+
+                def result() -> events_pb2.CommandResult | None:
+                    for event in bus.events:
+                        if event.type == RESULT and dict(event.extensions)["lkcommandid"] == cid:
+                            return events_pb2.CommandResult.FromString(event.data)
+                    return None
+
+                await eventually(lambda: result() is not None, within=TIMEOUT, what=f"the result of {cid}")
+                found = result()
+                assert found is not None
+                return found
+
+            yield server, scenario, bridge, command
+        finally:
+            await bridge.aclose()
+
+
+# ------------------------------------------------------------------------------------------ forward
+
+
+class _Listener(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.packets: list[tuple[float, bytes]] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.packets.append((asyncio.get_running_loop().time(), data))
+
+
+def _parse_rtp(packet: bytes) -> tuple[int, int, int, int, bytes]:
+    first, second, seq, ts, ssrc = struct.unpack("!BBHII", packet[:12])
+    assert first == 0x80  # version 2, no padding, no extension, no CSRC
+    return second & 0x7F, seq, ts, ssrc, packet[12:]
+
+
+def _decode_opus(payloads: list[bytes]) -> int:
+    """Samples (48 kHz) PyAV's opus decoder gets from ``payloads``."""
+    codec: Any = av.CodecContext.create("opus", "r")
+    codec.sample_rate = 48000
+    samples = 0
+    for i, payload in enumerate(payloads):
+        packet = av.Packet(payload)
+        packet.pts = i * 960
+        packet.time_base = fractions.Fraction(1, 48000)
+        for frame in codec.decode(packet):
+            samples += frame.samples
+    return samples
+
+
+async def test_forward_track_sends_opus_rtp_to_an_allowed_udp_listener(tmp_path: Path) -> None:
+    media = MediaSettings(recordings_dir=tmp_path, forward_allow=("127.0.0.1/32",))
+    loop = asyncio.get_running_loop()
+    transport, listener = await loop.create_datagram_endpoint(_Listener, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        async with bridged(media) as (_, scenario, bridge, command):
+            sid = scenario.publish(ROOM, "alice", kind="audio")
+            session = bridge.supervisor.sessions[ROOM]
+            await eventually(lambda: session._track_info(sid) is not None, within=TIMEOUT, what="the track")
+
+            refused = commands_pb2.ForwardTrack(track_sid=sid, host="10.1.2.3", port=port)
+            result = await command("bridge.forward_track", refused, "fwd-refused")
+            assert (result.status, result.code) == (FAILED, "not_allowed"), result
+
+            msg = commands_pb2.ForwardTrack(track_sid=sid, host="127.0.0.1", port=port, sdp_path="fwd/a.sdp")
+            result = await command("bridge.forward_track", msg, "fwd-1")
+            assert result.status == APPLIED, result
+            sdp = result.response.decode()
+            assert f"m=audio {port} RTP/AVP 111" in sdp
+            assert "a=rtpmap:111 opus/48000/2" in sdp
+            assert "c=IN IP4 127.0.0.1" in sdp
+            assert (tmp_path / "fwd" / "a.sdp").read_bytes() == result.response
+
+            await eventually(lambda: len(listener.packets) >= 150, within=TIMEOUT, what="150 RTP packets")
+            result = await command("bridge.stop_forward", commands_pb2.StopForward(track_sid=sid), "fwd-stop")
+            assert result.status == APPLIED, result
+            await eventually(lambda: not session.forwarder.forwards, within=TIMEOUT, what="the forward ended")
+            stopped_at = len(listener.packets)
+            await asyncio.sleep(0.3)
+            assert len(listener.packets) <= stopped_at + 1
+            assert session.media.stats.dropped_by_kind.get("audio", 0) == 0
+    finally:
+        transport.close()
+
+    parsed = [_parse_rtp(p) for _, p in listener.packets]
+    assert {pt for pt, *_ in parsed} == {111}
+    assert len({ssrc for *_, ssrc, _ in parsed}) == 1
+    seqs = [seq for _, seq, *_ in parsed]
+    assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(seqs)), "consecutive sequence"
+    stamps = [ts for _, _, ts, _, _ in parsed]
+    assert all(0 < (b - a) % 2**32 < 48000 for a, b in itertools.pairwise(stamps)), "growing ts"
+    # About 50 packets/s of 20 ms opus, measured over the packets' own arrival times.
+    times = [t for t, _ in listener.packets]
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert 40 <= rate <= 60, rate
+    samples = await asyncio.to_thread(_decode_opus, [payload for *_, payload in parsed])
+    assert samples >= 0.9 * 960 * len(parsed), samples
+
+
+async def test_forward_refusals() -> None:
+    async with bridged(MediaSettings()) as (_, scenario, bridge, command):
+        sid = scenario.publish(ROOM, "alice", kind="audio")
+        session = bridge.supervisor.sessions[ROOM]
+        await eventually(lambda: session._track_info(sid) is not None, within=TIMEOUT, what="the track")
+        cases = [
+            (commands_pb2.ForwardTrack(track_sid=sid, host="127.0.0.1", port=5004), "not_allowed"),  # no list
+            (commands_pb2.ForwardTrack(track_sid="TR_nope", host="127.0.0.1", port=5004), "not_found"),
+        ]
+        for n, (msg, code) in enumerate(cases):
+            result = await command("bridge.forward_track", msg, f"fr-{n}")
+            assert (result.status, result.code) == (FAILED, code), result
+        result = await command("bridge.stop_forward", commands_pb2.StopForward(track_sid=sid), "fr-stop")
+        assert (result.status, result.code) == (FAILED, "not_found")
+
+
+# ------------------------------------------------------------------------------------------ publish
+
+
+def _write_ogg_opus(path: Path, seconds: float) -> None:
+    with av.open(str(path), "w") as container:
+        stream: Any = container.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        for i in range(int(seconds * 50)):
+            samples = [int(8000 * math.sin(2 * math.pi * 440 * (i * 960 + n) / 48000)) for n in range(960)]
+            frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+            frame.planes[0].update(struct.pack("<960h", *samples))
+            frame.sample_rate = 48000
+            frame.pts = i * 960
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _write_wav(path: Path, seconds: float) -> None:
+    rate = 16000
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        samples = (int(8000 * math.sin(2 * math.pi * 300 * n / rate)) for n in range(int(rate * seconds)))
+        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+
+
+@pytest.mark.parametrize(("file", "passthrough"), [("clips/tone.ogg", True), ("clips/tone.wav", False)])
+async def test_publish_track_plays_a_file_into_the_room(tmp_path: Path, file: str, passthrough: bool) -> None:
+    (tmp_path / "clips").mkdir()
+    writer = _write_ogg_opus if file.endswith(".ogg") else _write_wav
+    await asyncio.to_thread(writer, tmp_path / file, 3.0)
+    async with bridged(MediaSettings(publish_dir=tmp_path)) as (server, _, bridge, command):
+        msg = commands_pb2.PublishTrack(path=file, name="announcer", loop=True)
+        result = await command("bridge.publish_track", msg, "pub-1")
+        assert result.status == APPLIED, result
+        info = models.TrackInfo.FromString(result.response)
+        assert (info.name, info.type, info.source) == ("announcer", models.AUDIO, models.MICROPHONE)
+        session = bridge.supervisor.sessions[ROOM]
+        (_, track) = session.published[info.sid]
+        assert track.passthrough is passthrough
+        assert info.sid in {t.sid for t in server.rooms[ROOM].participants[IDENTITY].info.tracks}
+        sim = server.session(ROOM, IDENTITY).media
+
+        def frames() -> int:
+            return sum(sim.received_frames.values())
+
+        # 3 s of file, looped: well past its end.
+        await eventually(lambda: frames() >= 200, within=TIMEOUT, what="200 frames of the file at the sim")
+        # Real time: 20 ms frames at 50/s (a WAV fed to aiortc in other frame sizes arrives slower).
+        start, t0 = frames(), asyncio.get_running_loop().time()
+        await asyncio.sleep(1.0)
+        rate = (frames() - start) / (asyncio.get_running_loop().time() - t0)
+        assert 40 <= rate <= 60, rate
+        result = await command(
+            "bridge.unpublish_track", commands_pb2.UnpublishTrack(track_sid=info.sid), "pub-2"
+        )
+        assert result.status == APPLIED, result
+        assert not session.published
+        assert track.readyState == "ended"
+        await asyncio.sleep(0.3)
+        before = frames()
+        await asyncio.sleep(0.5)
+        assert frames() - before <= 2, "frames still arrive after unpublish_track"
+        assert session.publisher.stats.renegotiations == 2
+
+
+async def test_publish_refusals(tmp_path: Path) -> None:
+    (tmp_path / "not-audio.ogg").write_bytes(b"nothing here")
+    async with bridged(MediaSettings(publish_dir=tmp_path)) as (_, _, _, command):
+        cases = [
+            ("../escape.ogg", "invalid_path"),
+            ("missing.ogg", "not_found"),
+            ("not-audio.ogg", "invalid_path"),
+        ]
+        for n, (path, code) in enumerate(cases):
+            result = await command("bridge.publish_track", commands_pb2.PublishTrack(path=path), f"pr-{n}")
+            assert (result.status, result.code) == (FAILED, code), (path, result)
+        result = await command(
+            "bridge.unpublish_track", commands_pb2.UnpublishTrack(track_sid="TR_x"), "pr-u"
+        )
+        assert (result.status, result.code) == (FAILED, "not_found")
