@@ -140,6 +140,27 @@ class NatsLeaseOwnership(Ownership):
         lease = self.leases.get(room)
         return lease is not None and lease.held and time.monotonic() < lease.expires_at
 
+    def owner_of(self, room: str) -> str | None:
+        """The replica holding ``room``'s lease: this one while :meth:`owns`, else the holder the bucket
+        watcher last saw, if that write is fresh (within STALE_TTLS leases); None: no live holder known."""
+        if self.owns(room):
+            return self.replica
+        key = pure.lease_key(room)
+        holder, _ = self._view.get(key, (None, 0))
+        if holder is None or holder == self.replica:
+            return None  # free, or our own lease that we no longer hold
+        now = time.monotonic()
+        if self._written_at.get(key, now) < now - STALE_TTLS * self.ttl_s:
+            return None
+        return holder
+
+    def consider(self, room: str) -> bool:
+        new = room not in self.candidates
+        ours = super().consider(room)
+        if new and not self.closing:
+            self._wake.set()  # a new candidate: plan claims now rather than at the next renewal
+        return ours
+
     def fencing_token(self, room: str) -> int:
         """The revision of our lease on ``room``; OwnershipLost if we do not hold it."""
         if not self.owns(room):

@@ -67,6 +67,7 @@ UNAVAILABLE: Final = "unavailable"
 UNSUPPORTED: Final = "unsupported"
 INTERRUPTED: Final = "interrupted"
 
+CANDIDATE_ADDED: Final = "room added as a candidate; the replica that claims its lease joins it"
 NOT_CONNECTED: Final = "the room's signaling session is not connected"
 MEDIA_COMMANDS: Final = frozenset(  # applied by the room session
     {"record_track", "stop_recording", "forward_track", "stop_forward", "publish_track", "unpublish_track"}
@@ -145,6 +146,7 @@ class CommandRunner:
         sink: EventSink | None,
         server_api: ServerApiPort | None = None,
         owns: Callable[[str], bool] | None = None,
+        consider: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         room_events: RoomEvents | None = None,
     ) -> None:
@@ -156,6 +158,11 @@ class CommandRunner:
         # Ownership (several replicas): checked again right before a command is applied, since the
         # assignment may have changed while it waited in its lane.
         self.owns: Callable[[str], bool] = owns or (lambda _room: True)
+        # join_room makes its room an ownership candidate first (``Ownership.consider``). With
+        # ``joins_follow_claims`` (nats leases) a candidate not owned yet is claimed by some replica at
+        # its next lease tick, which then joins it: join_room answers ``applied`` without joining here.
+        self.consider: Callable[[str], bool] | None = consider
+        self.joins_follow_claims = False
         self._clock = clock
         self._dedup: DedupWindow[events_pb2.CommandResult] = DedupWindow(
             window_s=commands.dedup_window_s, max_ids=commands.dedup_max_ids
@@ -460,6 +467,11 @@ class CommandRunner:
 
     async def _join(self, work: _Work) -> None:
         room = work.command.room
+        if self.consider is not None:
+            self.consider(room)
+        if not self.owns(room) and self.joins_follow_claims and self.consider is not None:
+            await self._finish_command(work, APPLIED, message=CANDIDATE_ADDED)
+            return
         if not self.owns(room):
             await self._finish_command(work, REJECTED, ROOM_NOT_OWNED, _not_served(room))
             return

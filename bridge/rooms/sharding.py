@@ -112,6 +112,10 @@ class Ownership:
     def owns(self, room: str) -> bool:
         return room in self.owned
 
+    def owner_of(self, room: str) -> str | None:
+        """The replica id that owns ``room`` as far as this replica knows; None: unknown or nobody."""
+        return self.replica if self.owns(room) else None
+
     def consider(self, room: str) -> bool:
         """Discovery's hook: ``room`` exists in LiveKit, so it is a candidate; True if it is ours."""
         if not self.closing:

@@ -76,3 +76,25 @@ def nats_command(
         doc["datacontenttype"] = PROTOBUF
         doc["data_base64"] = base64.b64encode(message.SerializeToString()).decode()
     return f"{prefix}.commands.{room_token(room)}", json.dumps(doc).encode()
+
+
+async def memory_command_result(
+    source: Any, bus: Any, room: str, name: str, message: Message, cid: str
+) -> Any:
+    """Submit a command through a ``MemoryCommandSource`` and wait for its result on an ``InMemoryBus``."""
+    from bridge._proto import events_pb2
+    from support.waiting import eventually
+
+    await source.submit_kafka(*kafka_command(room, name, message, command_id=cid))
+
+    def result() -> events_pb2.CommandResult | None:
+        for event in bus.events:
+            if (
+                event.type == "io.livekit.bridge.command_result.v1"
+                and dict(event.extensions)["lkcommandid"] == cid
+            ):
+                return events_pb2.CommandResult.FromString(event.data)
+        return None
+
+    await eventually(lambda: result() is not None, within=20, what=f"the result of {cid}")
+    return result()
