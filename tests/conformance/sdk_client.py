@@ -55,6 +55,23 @@ async def publish_tone(room: rtc.Room) -> None:
         await source.capture_frame(frame)
 
 
+async def publish_pattern(room: rtc.Room) -> None:
+    """A moving 320x240 test pattern at 15 fps (the SDK encodes it, VP8 by default)."""
+    width, height = 320, 240
+    source = rtc.VideoSource(width, height)
+    track = rtc.LocalVideoTrack.create_video_track("sdk-pattern", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+    publication = await room.local_participant.publish_track(track, options)
+    emit("published", sid=publication.sid, kind="video")
+    n = 0
+    while True:
+        shade = (n * 8) % 256
+        data = bytes([shade, 255 - shade, (n * 3) % 256, 255]) * (width * height)
+        source.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, data))
+        n += 1
+        await asyncio.sleep(1 / 15)  # the frame rate of the pattern
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -144,6 +161,8 @@ async def main() -> None:
             emit("sent-text", text=arg, stream_id=info.stream_id)
         elif command == "publish-audio":
             spawn(publish_tone(room))
+        elif command == "publish-video":
+            spawn(publish_pattern(room))
         elif command == "leave":
             break
     await room.disconnect()

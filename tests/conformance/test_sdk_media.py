@@ -1,5 +1,5 @@
-"""Media with the real LiveKit SDK on the other side: the bridge records what the SDK publishes, and the
-SDK hears what the bridge publishes from a file."""
+"""Media with the real LiveKit SDK on the other side: the bridge records the audio and VP8 video the SDK
+publishes, and the SDK hears what the bridge publishes from a file."""
 
 from __future__ import annotations
 
@@ -50,7 +50,15 @@ def decoded_seconds(path: Path) -> float:
         return sum(int(f.samples) for f in container.decode(stream)) / 48000
 
 
-async def test_bridge_records_the_sdks_audio_and_the_sdk_hears_a_published_file(tmp_path: Path) -> None:
+def decoded_video(path: Path) -> tuple[int, float]:
+    """(frames PyAV decodes, seconds from the first to the last frame)."""
+    with av.open(str(path)) as container:
+        stream: Any = container.streams.video[0]
+        times = [float(f.time or 0) for f in container.decode(stream)]
+    return len(times), (times[-1] - times[0]) if times else 0.0
+
+
+async def test_bridge_records_the_sdks_audio_and_video_and_the_sdk_hears_a_file(tmp_path: Path) -> None:
     clips = tmp_path / "clips"
     clips.mkdir()
     await asyncio.to_thread(write_tone, clips / "tone.ogg", 2.0)
@@ -63,10 +71,12 @@ async def test_bridge_records_the_sdks_audio_and_the_sdk_hears_a_published_file(
         await sdk.wait_for("connected", within=30)
         await sdk.command("publish-audio")
         sid = (await sdk.wait_for("published"))["sid"]
+        await sdk.command("publish-video")
+        video_sid = (await sdk.wait_for("published", where=lambda e: e.get("kind") == "video"))["sid"]
         settings = bridge_settings(server, ROOM, can_publish=True, hidden=False).model_copy(
             update={
                 "media": MediaSettings(
-                    subscribe=(SubscribeRule(kind="audio", identity="sdk-user"),),
+                    subscribe=(SubscribeRule(identity="sdk-user"),),
                     recordings_dir=tmp_path,
                     publish_dir=clips,
                 )
@@ -77,7 +87,11 @@ async def test_bridge_records_the_sdks_audio_and_the_sdk_hears_a_published_file(
         await bridge.start()
         try:
             session = bridge.supervisor.sessions[ROOM]
-            await eventually(lambda: sid in session.subscriptions.subscribed, within=30, what="subscribed")
+            await eventually(
+                lambda: {sid, video_sid} <= set(session.subscriptions.subscribed),
+                within=30,
+                what="subscribed",
+            )
 
             seconds = 2.0
             record = commands_pb2.RecordTrack(track_sid=sid, path="sdk.ogg", duration_s=seconds)
@@ -90,6 +104,18 @@ async def test_bridge_records_the_sdks_audio_and_the_sdk_hears_a_published_file(
             )
             got = await asyncio.to_thread(decoded_seconds, tmp_path / "sdk.ogg")
             assert seconds - 0.3 <= got <= seconds + 0.1, got
+
+            record = commands_pb2.RecordTrack(track_sid=video_sid, path="sdk.webm", duration_s=seconds)
+            result = await memory_command_result(source, bus, ROOM, "bridge.record_track", record, "rec-v")
+            assert result.status == APPLIED, result
+            await eventually(
+                lambda: sum(e.type == "io.livekit.bridge.recording_finished.v1" for e in bus.events) == 2,
+                within=20,
+                what="the video recording to finish",
+            )
+            frames, span = await asyncio.to_thread(decoded_video, tmp_path / "sdk.webm")
+            assert frames >= 15, frames  # the SDK may lower the frame rate; a keyframe starts the file
+            assert seconds - 0.5 <= span <= seconds + 0.1, span
 
             publish = commands_pb2.PublishTrack(path="tone.ogg", name="bridge-tone", loop=True)
             result = await memory_command_result(source, bus, ROOM, "bridge.publish_track", publish, "pub")
