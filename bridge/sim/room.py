@@ -68,6 +68,8 @@ class SimParticipant:
     quality: models.ConnectionQuality = models.GOOD
     data_blobs: dict[str, bytes] = field(default_factory=dict)
     subscribed_by: dict[str, set[str]] = field(default_factory=dict)  # track sid -> subscriber identities
+    # track sid -> identities that asked for it before its media arrived (subscribed once it does)
+    awaiting_media: dict[str, set[str]] = field(default_factory=dict)
     closed: bool = False
 
     @property
@@ -288,7 +290,12 @@ class SimRoom:
     def attach_source(self, participant: SimParticipant, track_sid: str, source: Any) -> None:
         """Media for an announced track arrived: auto-subscribers receive it from now on."""
         participant.media_sources[track_sid] = source
-        self.auto_subscribe(participant, participant.track(track_sid))
+        track = participant.track(track_sid)
+        self.auto_subscribe(participant, track)
+        for identity in participant.awaiting_media.pop(track_sid, set()):
+            subscriber = self.participants.get(identity)
+            if subscriber is not None and subscriber.connection is not None:
+                subscriber.connection.subscribe(participant, track)
 
     def auto_subscribe(self, publisher: SimParticipant, track: models.TrackInfo) -> None:
         if track.sid not in publisher.media_sources:

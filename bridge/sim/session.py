@@ -342,6 +342,8 @@ class ClientSession:
     async def _subscribe(self, publisher: SimParticipant, track: models.TrackInfo) -> None:
         source = publisher.media_sources.get(track.sid)
         if source is None:
+            # Announced, media not here yet (a single-PC client's track arrives after track_published).
+            publisher.awaiting_media.setdefault(track.sid, set()).add(self.participant.identity)
             return
         if track.mime_type.lower() in UNSUPPORTED_CODECS and not self.server.config.offer_unsupported_codecs:
             self.send(

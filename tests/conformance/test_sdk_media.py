@@ -58,15 +58,16 @@ def decoded_video(path: Path) -> tuple[int, float]:
     return len(times), (times[-1] - times[0]) if times else 0.0
 
 
-async def test_bridge_records_the_sdks_audio_and_video_and_the_sdk_hears_a_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["v1", "v0"])
+async def test_bridge_records_the_sdks_audio_and_video_and_the_sdk_hears_a_file(
+    tmp_path: Path, mode: str
+) -> None:
     clips = tmp_path / "clips"
     clips.mkdir()
     await asyncio.to_thread(write_tone, clips / "tone.ogg", 2.0)
-    # v0 (two PeerConnections): the simulator does not yet relay a track a single-PC (v1) client
-    # publishes to other subscribers, so the SDK runs in v0 here.
     async with (
         running_sim() as (server, _),
-        sdk_client(server.url, make_token("sdk-user", ROOM), mode="v0") as sdk,
+        sdk_client(server.url, make_token("sdk-user", ROOM), mode=mode) as sdk,
     ):
         await sdk.wait_for("connected", within=30)
         await sdk.command("publish-audio")
