@@ -57,7 +57,9 @@ def build_command_sources(
         return []
     sources: list[CommandSource] = []
     limit = settings.commands.max_in_flight
-    if settings.kafka is not None:
+    # ownership.mode nats: Kafka's command partitions do not follow the leases, so commands come from
+    # NATS only (Bridge.start logs it).
+    if settings.kafka is not None and settings.ownership.mode != "nats":
         from bridge.bus.kafka_commands import KafkaCommandSource
 
         sources.append(
@@ -142,11 +144,21 @@ class Bridge:
             room_events=self.room_events,
         )
         self.commands.owns = self.ownership.owns
+        # join_room makes its room a candidate; with leases, the replica that claims it joins it.
+        self.commands.consider = self.ownership.consider
+        self.commands.joins_follow_claims = settings.ownership.mode == "nats"
         self.command_sources = list(
             build_command_sources(settings, self.commands, on_assignment=self.ownership.assignment_handler)
             if command_sources is None
             else command_sources
         )
+        if settings.ownership.mode == "nats":
+            # Commands reach any replica of the queue group: each forwards what the lease holder owns.
+            from bridge.bus.nats_commands import NatsCommandSource
+
+            for source in self.command_sources:
+                if isinstance(source, NatsCommandSource):
+                    source.forward_to_owners(self.ownership.replica, self.ownership.owner_of)
         # Room discovery (webhooks, ListRooms) and the HTTP listener that serves ops and the webhook.
         self.discovery = RoomDiscovery(
             settings.discovery, self.supervisor, livekit=settings.livekit, owns=self.ownership.consider
@@ -210,6 +222,8 @@ class Bridge:
             for room in self.settings.rooms.static:
                 self.supervisor.join(room)
         self.ownership.start()  # sharded: the owned share of rooms.static is joined as ownership settles
+        if self.settings.ownership.mode == "nats" and self.settings.kafka and self.settings.commands.enabled:
+            log.info("ownership.mode nats: commands are taken from NATS only")
         for source in self.command_sources:
             await source.start(self.commands.handle)
         self.discovery.start()

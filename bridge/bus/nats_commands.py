@@ -55,7 +55,7 @@ PENDING_MSGS_LIMIT: Final = 65_536  # nats-py's client-side buffer per subscript
 FORWARDED_HEADER: Final = "bridge-forwarded"  # the replica that forwarded the message to its room's owner
 FORWARDED_SUBJECT_HEADER: Final = "bridge-forwarded-subject"  # the subject the command was sent on
 
-OwnerOf = Callable[[str], "str | None"]  # room -> the replica id holding its lease, None: nobody known
+OwnerOf = Callable[[str], str | None]  # room -> the replica id holding its lease, None: nobody known
 
 
 def replica_subject(prefix: str, replica: str) -> str:
@@ -191,7 +191,10 @@ class NatsCommandSource:
         self._subscribed = True
         log.info("nats: consuming commands from %s in queue group %s", self.subject, s.queue_group)
         if self.replica_subject is not None:
-            log.info("nats: commands for rooms owned elsewhere are forwarded; ours arrive on %s", self.replica_subject)
+            log.info(
+                "nats: commands for rooms owned elsewhere are forwarded; ours arrive on %s",
+                self.replica_subject,
+            )
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.SlowConsumerError):
@@ -272,7 +275,8 @@ class NatsCommandSource:
         subject: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        headers = dict(headers if subject is not None else msg.headers or {})
+        original = headers if subject is not None else msg.headers
+        headers = dict(original or {})
         headers["ce-bridgeerrorcode"] = code
         headers["ce-bridgeerror"] = percent_encode(message[:ERROR_TEXT_MAX])
         headers["bridge-original-subject"] = subject or msg.subject

@@ -18,6 +18,7 @@ from bridge.app import Bridge
 from bridge.bus.memory import InMemoryBus
 from bridge.bus.memory_commands import MemoryCommandSource, MemoryDelivery
 from bridge.events.cloudevent import CloudEvent
+from bridge.rooms.commands import CANDIDATE_ADDED
 from bridge.sim.scenario import Scenario
 from bridge.sim.server import SimServer
 from support.bridge import bridge_settings
@@ -229,3 +230,41 @@ async def test_a_stale_delivery_is_dropped_unanswered_and_can_come_again() -> No
         again = await finished(await source.submit_kafka(*record))
         assert again.reply_payload
         await eventually(lambda: "st1" in results(bus), within=5, what="result after redelivery")
+
+
+async def test_join_room_makes_the_room_a_candidate_first() -> None:
+    async with bridged("r1") as (server, scenario, bridge, source, bus):
+        scenario.join("r2", "bob")
+        scenario.join("r3", "carol")
+        considered: list[str] = []
+        claimed: set[str] = set()
+
+        def consider(room: str) -> bool:
+            considered.append(room)
+            return room in claimed
+
+        runner = bridge.commands
+        runner.consider = consider
+        runner.owns = lambda room: room in claimed or room == "r1"
+        # Leases (nats): a room not claimed yet is only added; the replica that claims it joins it.
+        runner.joins_follow_claims = True
+        join = commands_pb2.JoinRoom(room="r2")
+        await finished(
+            await source.submit_kafka(*kafka_command("r2", "bridge.join_room", join, command_id="c1"))
+        )
+        await eventually(lambda: "c1" in results(bus), within=10, what="join result")
+        result = results(bus)["c1"][1]
+        assert (result.status, result.message) == (Status.STATUS_APPLIED, CANDIDATE_ADDED)
+        assert considered == ["r2"]
+        assert "r2" not in bridge.supervisor.sessions
+        # Partitions (kafka): the room is ours once considered, and joined here.
+        runner.joins_follow_claims = False
+        claimed.add("r3")
+        join = commands_pb2.JoinRoom(room="r3")
+        await finished(
+            await source.submit_kafka(*kafka_command("r3", "bridge.join_room", join, command_id="c2"))
+        )
+        await eventually(lambda: "c2" in results(bus), within=10, what="join result")
+        assert results(bus)["c2"][1].status == Status.STATUS_APPLIED
+        assert considered == ["r2", "r3"]
+        assert IDENTITY in server.rooms["r3"].participants

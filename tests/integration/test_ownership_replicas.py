@@ -13,6 +13,10 @@ every replica's ``/rooms`` every 100 ms and checks:
 
 A consumer on the events bus checks that the changes are published: the survivors' ``ownership_changed``
 acquisitions of the killed replica's rooms, and the terminated replica's releases of its rooms.
+
+With NATS leases, commands sent as NATS requests reach any replica of the queue group; a replica that
+does not hold the room's lease forwards the command to the one that does, so every command is applied,
+and a ``join_room`` for a new room ends with exactly one replica in it.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from bridge._proto import events_pb2
+from bridge._proto import commands_pb2, events_pb2
 from bridge.demo_services import free_port
 from support.bench import API_KEY, API_SECRET, IDENTITY, LAUNCHER, admin_rooms, report, spawn, stop, tail
 from support.brokers import unique_name
 from support.bus_consumers import Collector, KafkaCollector, NatsCollector, create_topic
+from support.command_clients import NatsCommands
 from support.waiting import eventually
 
 ROOMS: Final = [f"shard-{i:02d}" for i in range(30)]
@@ -43,6 +48,7 @@ KAFKA_SESSION_S: Final = 6.0
 LEASE_TTL_S: Final = 3.0
 HANDOVER_S: Final = 10.0
 POLL_S: Final = 0.1
+APPLIED: Final = events_pb2.CommandResult.STATUS_APPLIED
 OWNERSHIP_CHANGED: Final = "io.livekit.bridge.ownership_changed.v1"
 
 
@@ -75,6 +81,7 @@ class Observer:
     """Per poll: which replicas report each room owned / joined; overlap time per room."""
 
     replicas: list[Replica]
+    rooms: list[str] = field(default_factory=lambda: list(ROOMS))
     owned: dict[str, set[str]] = field(default_factory=dict)
     joined: dict[str, set[str]] = field(default_factory=dict)
     max_overlap_s: float = 0.0
@@ -90,7 +97,7 @@ class Observer:
                 continue
             self.owned[replica.name] = set(answer["owned"])
             self.joined[replica.name] = set(answer["joined"])
-        for room in ROOMS:
+        for room in self.rooms:
             if len(self.runners(room)) > 1:
                 since = self._overlap_since.setdefault(room, now)
                 self.max_overlap_s = max(self.max_overlap_s, now - since)
@@ -108,7 +115,7 @@ class Observer:
             len(self.owners(r)) == 1
             and self.runners(r) == self.owners(r)
             and (among is None or self.owners(r) <= among)
-            for r in ROOMS
+            for r in self.rooms
         )
 
     def balance(self) -> dict[str, int]:
@@ -135,7 +142,9 @@ def sim_port(tmp_path: Path) -> Iterator[int]:
         stop(sim, deadline_s=15)
 
 
-def _replicas(tmp_path: Path, sim_port: int, bus: dict[str, Any]) -> list[Replica]:
+def _replicas(
+    tmp_path: Path, sim_port: int, bus: dict[str, Any], *, rooms: list[str] = ROOMS
+) -> list[Replica]:
     out = []
     for i in range(3):
         port = free_port()
@@ -147,7 +156,7 @@ def _replicas(tmp_path: Path, sim_port: int, bus: dict[str, Any]) -> list[Replic
                 "api_secret": API_SECRET,
                 "identity": IDENTITY,  # the same on every replica: LiveKit fences a stale owner
             },
-            "rooms": {"static": ROOMS},
+            "rooms": {"static": rooms},
             "http": {"listen": f"127.0.0.1:{port}"},
             **bus,
             # Named after the replica, so its ownership_changed events say which one it was.
@@ -344,3 +353,77 @@ async def test_nats_leases_share_rooms(
         failover_bound_s=LEASE_TTL_S + 2,
         collector=NatsCollector(nats_server.url, prefix),
     )
+
+
+@pytest.mark.slow
+async def test_nats_commands_reach_the_lease_holder(
+    nats_server: Any, sim_port: int, tmp_path: Path, pytestconfig: pytest.Config
+) -> None:
+    """Every command sent as a NATS request is applied, whichever replica the queue group picks."""
+    rooms = ROOMS[:9]
+    prefix = unique_name("fwd")
+    bus = {
+        "nats": {"servers": [nats_server.url], "subject_prefix": prefix},
+        "ownership": {
+            "mode": "nats",
+            "lease_ttl_s": LEASE_TTL_S,
+            "handover_timeout_s": HANDOVER_S,
+            "bucket": unique_name("fwd"),
+        },
+    }
+    replicas = _replicas(tmp_path, sim_port, bus, rooms=rooms)
+    client = NatsCommands(nats_server.url, prefix=prefix)
+    await client.start()
+    for r in replicas:
+        r.proc = spawn(["-c", LAUNCHER, "run", "--config", str(r.config)], r.log, piped=False)
+    obs = Observer(replicas, rooms=list(rooms))
+    try:
+
+        async def settled() -> bool:
+            for r in replicas:
+                assert r.proc.poll() is None, f"{r.name} exited:\n{tail(r.log)}"
+            await obs.poll()
+            return obs.exactly_once()
+
+        await eventually(settled, within=60, what="every room owned and joined exactly once", interval=POLL_S)
+
+        # Three commands per room: with 3 replicas in the queue group most land on a non-owner.
+        started = time.monotonic()
+        sent = [
+            await client.send(
+                room, "bridge.update_room_metadata", commands_pb2.UpdateRoomMetadata(metadata=f"m{i}")
+            )
+            for i in range(3)
+            for room in rooms
+        ]
+        commands_s = time.monotonic() - started
+        statuses = {cid: client.replies[cid] for cid in sent}
+        wrong = {cid: (r.status, r.code, r.message) for cid, r in statuses.items() if r.status != APPLIED}
+        assert not wrong, wrong
+
+        # join_room for a room nobody has: it becomes a candidate and exactly one replica joins it.
+        new_room = "shard-new"
+        cid = await client.send(new_room, "bridge.join_room", commands_pb2.JoinRoom(room=new_room))
+        joined = client.replies[cid]
+        assert joined.status == APPLIED, joined
+        obs.rooms.append(new_room)
+        await eventually(settled, within=30, what=f"{new_room} owned and joined by exactly one replica")
+        assert len(obs.runners(new_room)) == 1
+        # Its commands now reach its owner too.
+        after = [
+            await client.send(
+                new_room, "bridge.update_room_metadata", commands_pb2.UpdateRoomMetadata(metadata=f"n{i}")
+            )
+            for i in range(6)
+        ]
+        late = {c: client.replies[c] for c in after if client.replies[c].status != APPLIED}
+        assert not late, late
+        report(
+            pytestconfig,
+            f"\n[nats] {len(sent)} commands over 3 replicas, all applied in {commands_s:.2f} s; "
+            f"join_room: {joined.message!r}, joined by {sorted(obs.runners(new_room))}",
+        )
+    finally:
+        for r in replicas:
+            stop(r.proc, deadline_s=30)
+        await client.aclose()
