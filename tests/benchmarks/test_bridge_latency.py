@@ -28,10 +28,7 @@ import contextlib
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,7 +40,7 @@ import pytest
 import yaml
 
 from bridge.demo_services import free_port
-from support.bench import API_KEY, API_SECRET, IDENTITY, LAUNCHER, REPO, report, stop, tail
+from support.bench import API_KEY, API_SECRET, IDENTITY, LAUNCHER, ask, report, spawn, stop, tail
 from support.brokers import KafkaBroker, NatsServer, start_kafka_broker, start_nats_server
 from support.bus_consumers import create_topic
 
@@ -63,43 +60,6 @@ ADDED: Final = re.compile(
     r"p50 ([\d.]+) ms p99 ([\d.]+) ms max ([\d.]+) ms over (\d+) events"
 )
 # `python -m bridge ...` with loopback-only ICE host candidates (as test_events_throughput).
-
-
-def _spawn(args: list[str], log: Path, *, piped: bool) -> subprocess.Popen[bytes]:
-    """``piped``: stdin/stdout are pipes (sim, consumer) and stderr goes to ``log``; else all to ``log``."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if piped else sink,
-            stderr=sink if piped else subprocess.STDOUT,
-        )
-
-
-def _ask(proc: subprocess.Popen[bytes], command: str | None, prefix: str, timeout_s: float) -> list[str]:
-    """Send ``command`` (if any) and return the fields of the next stdout line starting with ``prefix``."""
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    if command is not None:
-        proc.stdin.write(f"{command}\n".encode())
-        proc.stdin.flush()
-    found: list[list[str]] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        while raw := proc.stdout.readline():
-            if (fields := raw.decode().split()) and fields[0] == prefix:
-                found.append(fields)
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    assert found, f"no {prefix!r} from pid {proc.pid} within {timeout_s:.0f} s"
-    return found[0]
 
 
 def _all_active(port: int, names: set[str]) -> bool:
@@ -170,22 +130,22 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
         topic, prefix = f"bench-latency-{tag}", f"bench{tag}"
         asyncio.run(create_topic(kafka.bootstrap, topic, partitions=PARTITIONS))
         port = free_port()
-        sim = _spawn(
+        sim = spawn(
             [str(HERE / "events_sim.py"), "--port", str(port), "--rooms", str(ROOMS),
              "--api-key", API_KEY, "--api-secret", API_SECRET],
             logs["sim"],
             piped=True,
         )  # fmt: skip
-        _ask(sim, None, "READY", 30)
+        ask(sim, None, "READY", 30)
         out = tmp_path / "consumer"
         out.mkdir()
-        consumer = _spawn(
+        consumer = spawn(
             [str(HERE / "events_consumer.py"), "--nats", nats_server.url, "--prefix", prefix,
              "--kafka", kafka.bootstrap, "--topic", topic, "--out", str(out)],
             logs["consumer"],
             piped=True,
         )  # fmt: skip
-        _ask(consumer, None, "READY", 30)
+        ask(consumer, None, "READY", 30)
         rooms = {f"load-{i}" for i in range(ROOMS)}
         config = tmp_path / "bridge.yaml"
         kafka_section = {
@@ -210,7 +170,7 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
                 }
             )
         )
-        bridge = _spawn(["-c", LAUNCHER, "run", "--config", str(config)], logs["bridge"], piped=False)
+        bridge = spawn(["-c", LAUNCHER, "run", "--config", str(config)], logs["bridge"], piped=False)
         deadline = time.monotonic() + JOIN_DEADLINE_S
         while True:
             assert bridge.poll() is None, f"bridge exited:\n{tail(logs['bridge'])}"
@@ -220,9 +180,9 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
             assert time.monotonic() < deadline, f"rooms not all ACTIVE:\n{tail(logs['bridge'])}"
             time.sleep(0.5)  # poll interval
 
-        _ask(sim, f"run {WARMUP_RATE} {WARMUP_S}", "DONE", WARMUP_S + 30)
+        ask(sim, f"run {WARMUP_RATE} {WARMUP_S}", "DONE", WARMUP_S + 30)
         time.sleep(1.0)  # deliberate: the warm-up drains before the measured window
-        done = _ask(sim, f"run {GOAL_RATE} {GOAL_S}", "DONE", GOAL_S + 30)
+        done = ask(sim, f"run {GOAL_RATE} {GOAL_S}", "DONE", GOAL_S + 30)
         emitted, t0, t1 = int(done[1]), int(done[2]), int(done[3])
         time.sleep(3.0)  # deliberate: the pipeline drains before the consumer and the bridge stop
 

@@ -4,8 +4,6 @@ publishes, and the SDK hears what the bridge publishes from a file."""
 from __future__ import annotations
 
 import asyncio
-import math
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from bridge.bus.memory_commands import MemoryCommandSource
 from bridge.config import MediaSettings, SubscribeRule
 from support.bridge import bridge_settings
 from support.commands import memory_command_result
+from support.media_files import write_ogg_opus
 from support.sdk import sdk_client
 from support.signal_client import make_token
 from support.simulator import running_sim
@@ -28,20 +27,6 @@ pytestmark = [pytest.mark.sdk, pytest.mark.slow]
 
 ROOM = "sdk-media"
 APPLIED = events_pb2.CommandResult.STATUS_APPLIED
-
-
-def write_tone(path: Path, seconds: float) -> None:
-    with av.open(str(path), "w") as container:
-        stream: Any = container.add_stream("libopus", rate=48000)
-        stream.layout = "mono"
-        for i in range(int(seconds * 50)):
-            samples = [int(8000 * math.sin(2 * math.pi * 440 * (i * 960 + n) / 48000)) for n in range(960)]
-            frame = av.AudioFrame(format="s16", layout="mono", samples=960)
-            frame.planes[0].update(struct.pack("<960h", *samples))
-            frame.sample_rate = 48000
-            frame.pts = i * 960
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 def decoded_seconds(path: Path) -> float:
@@ -64,7 +49,7 @@ async def test_bridge_records_the_sdks_audio_and_video_and_the_sdk_hears_a_file(
 ) -> None:
     clips = tmp_path / "clips"
     clips.mkdir()
-    await asyncio.to_thread(write_tone, clips / "tone.ogg", 2.0)
+    await asyncio.to_thread(write_ogg_opus, clips / "tone.ogg", 2.0)
     async with (
         running_sim() as (server, _),
         sdk_client(server.url, make_token("sdk-user", ROOM), mode=mode) as sdk,

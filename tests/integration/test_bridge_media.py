@@ -30,7 +30,7 @@ from bridge.sim.ice import use_loopback_only
 from bridge.sim.scenario import Scenario
 from bridge.sim.server import SimServer
 from support.bridge import bridge_environ
-from support.commands import kafka_command
+from support.commands import memory_command_result
 from support.data_peer import data_peer
 from support.sdk import sdk_client
 from support.signal_client import make_token
@@ -87,18 +87,7 @@ def of_type(bus: InMemoryBus, etype: str) -> list[CloudEvent]:
 async def command(
     source: MemoryCommandSource, bus: InMemoryBus, name: str, message: Message, cid: str
 ) -> Any:
-    await source.submit_kafka(*kafka_command(ROOM, name, message, command_id=cid))
-
-    def result() -> events_pb2.CommandResult | None:
-        for event in of_type(bus, RESULT):
-            if dict(event.extensions)["lkcommandid"] == cid:
-                return events_pb2.CommandResult.FromString(event.data)
-        return None
-
-    await eventually(lambda: result() is not None, within=TIMEOUT, what=f"the result of {cid}")
-    found = result()
-    assert found is not None
-    return found
+    return await memory_command_result(source, bus, ROOM, name, message, cid)
 
 
 def _stream_packets(stream_id: str, topic: str, parts: list[bytes]) -> list[models.DataPacket]:

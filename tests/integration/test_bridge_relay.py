@@ -35,7 +35,8 @@ from bridge.sim.ice import use_loopback_only
 from bridge.sim.scenario import Scenario
 from bridge.sim.server import SimServer
 from support.bridge import bridge_environ
-from support.commands import kafka_command
+from support.commands import memory_command_result
+from support.media_files import write_ogg_opus
 from support.simulator import running_sim
 from support.waiting import eventually
 
@@ -67,18 +68,10 @@ async def bridged(media: MediaSettings) -> AsyncIterator[tuple[SimServer, Scenar
             await eventually(lambda: session.media.connected, within=TIMEOUT, what="the subscriber PC")
 
             async def command(name: str, message: Message, cid: str) -> events_pb2.CommandResult:
-                await source.submit_kafka(*kafka_command(ROOM, name, message, command_id=cid))
-
-                def result() -> events_pb2.CommandResult | None:
-                    for event in bus.events:
-                        if event.type == RESULT and dict(event.extensions)["lkcommandid"] == cid:
-                            return events_pb2.CommandResult.FromString(event.data)
-                    return None
-
-                await eventually(lambda: result() is not None, within=TIMEOUT, what=f"the result of {cid}")
-                found = result()
-                assert found is not None
-                return found
+                result: events_pb2.CommandResult = await memory_command_result(
+                    source, bus, ROOM, name, message, cid
+                )
+                return result
 
             yield server, scenario, bridge, command
         finally:
@@ -185,20 +178,6 @@ async def test_forward_refusals() -> None:
 # ------------------------------------------------------------------------------------------ publish
 
 
-def _write_ogg_opus(path: Path, seconds: float) -> None:
-    with av.open(str(path), "w") as container:
-        stream: Any = container.add_stream("libopus", rate=48000)
-        stream.layout = "mono"
-        for i in range(int(seconds * 50)):
-            samples = [int(8000 * math.sin(2 * math.pi * 440 * (i * 960 + n) / 48000)) for n in range(960)]
-            frame = av.AudioFrame(format="s16", layout="mono", samples=960)
-            frame.planes[0].update(struct.pack("<960h", *samples))
-            frame.sample_rate = 48000
-            frame.pts = i * 960
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-
-
 def _write_wav(path: Path, seconds: float) -> None:
     rate = 16000
     with wave.open(str(path), "wb") as out:
@@ -212,7 +191,7 @@ def _write_wav(path: Path, seconds: float) -> None:
 @pytest.mark.parametrize(("file", "passthrough"), [("clips/tone.ogg", True), ("clips/tone.wav", False)])
 async def test_publish_track_plays_a_file_into_the_room(tmp_path: Path, file: str, passthrough: bool) -> None:
     (tmp_path / "clips").mkdir()
-    writer = _write_ogg_opus if file.endswith(".ogg") else _write_wav
+    writer = write_ogg_opus if file.endswith(".ogg") else _write_wav
     await asyncio.to_thread(writer, tmp_path / file, 3.0)
     async with bridged(MediaSettings(publish_dir=tmp_path)) as (server, _, bridge, command):
         msg = commands_pb2.PublishTrack(path=file, name="announcer", loop=True)
