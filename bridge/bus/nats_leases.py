@@ -176,6 +176,9 @@ class NatsLeaseOwnership(Ownership):
 
     async def _run(self) -> None:
         while not self.closing:
+            # Cleared before the tick, not after: a wake-up that arrives while the tick runs (a lease
+            # expiring mid-tick) must start the next tick at once, not be lost for a renewal interval.
+            self._wake.clear()
             try:
                 if self._kv is None:
                     await self._connect()
@@ -189,10 +192,22 @@ class NatsLeaseOwnership(Ownership):
                     log.warning("nats leases: %s; retrying every %.1fs", exc, RETRY_S)
                 self._failing = True
                 self._expire(time.monotonic())
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                delay = RETRY_S if self._failing else self.renew_interval_s
+                delay = RETRY_S if self._failing else min(self.renew_interval_s, self._until_stale())
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _until_stale(self) -> float:
+        """Seconds until another replica's key turns stale (then its rooms may be claimed), at least 50 ms:
+        a dead holder is noticed then, not up to a renewal interval later."""
+        horizon = STALE_TTLS * self.ttl_s
+        now = time.monotonic()
+        pending = [
+            written + horizon - now
+            for key, written in self._written_at.items()
+            if (holder := self._view.get(key, (None, 0))[0]) is not None and holder != self.replica
+        ]
+        future = [left for left in pending if left > 0]
+        return max(0.05, min(future, default=self.renew_interval_s))
 
     async def _connect(self) -> None:
         s = self._nats
@@ -289,7 +304,7 @@ class NatsLeaseOwnership(Ownership):
 
     # -- one lease -----------------------------------------------------------------------------
 
-    async def _claim(self, room: str) -> None:
+    async def _claim(self, room: str, *, retry: bool = True) -> None:
         kv = self._kv
         assert kv is not None
         lease = self.leases.setdefault(room, Lease(room))
@@ -304,6 +319,12 @@ class NatsLeaseOwnership(Ownership):
         except nats.js.errors.KeyWrongLastSequenceError:
             lease.apply(LeaseEvent.CLAIM_FAILED)
             await self._refresh(key)
+            if retry and self._view.get(key, (None, 0))[0] is None:
+                # The expiry marker was newer than our view (it had not reached the watcher yet): the
+                # room is free, so claim it now rather than a renewal interval later.
+                await self._claim(room, retry=False)
+            elif not self.closing:
+                self._wake.set()  # another replica won it: claim another room now, not at the next tick
             return
         lease.apply(LeaseEvent.CLAIMED, now=time.monotonic(), revision=revision, ttl_s=self.ttl_s)
         log.debug("nats leases: claimed room=%s token=%d", room, revision)
@@ -358,6 +379,8 @@ class NatsLeaseOwnership(Ownership):
             lease.apply(LeaseEvent.LOST)
             log.info("nats leases: lost room=%s (%s)", lease.room, why)
             self._publish("lease lost")
+            if not self.closing:
+                self._wake.set()  # short of the fair share now (a claim race): plan again at once
 
     def _expire(self, now: float) -> None:
         for lease in self.leases.values():
