@@ -8,11 +8,13 @@ dead-letter subject. Both return the decoded :class:`CommandResult`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any, Protocol
 
 import nats
+import nats.errors
 from aiokafka import AIOKafkaProducer
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -121,6 +123,7 @@ class NatsCommands:
         self.events = NatsCollector(url, prefix)
         self.dead_letters: list[tuple[dict[str, str], bytes]] = []
         self.replies: dict[str, events_pb2.CommandResult] = {}
+        self.no_responders = 0
         self._nc: Any = None
 
     async def start(self) -> None:
@@ -136,13 +139,27 @@ class NatsCommands:
     async def send(self, room: str, name: str, message: Message, *, command_id: str | None = None) -> str:
         cid = command_id or new_id()
         subject, payload = nats_command(room, name, message, prefix=self.prefix, command_id=cid)
-        reply = await self._nc.request(subject, payload, timeout=20)
+        reply = await self._request(subject, payload)
         doc = json.loads(reply.data)
         assert doc["lkcommandid"] == cid, doc
         result = events_pb2.CommandResult()
         result.ParseFromString(base64.b64decode(doc["data_base64"]))
         self.replies[cid] = result
         return cid
+
+    async def _request(self, subject: str, payload: bytes) -> Any:
+        # Seen once in CI right after the bridge reported its subscription flushed: "no responders".
+        # Retried within a deadline (and counted) so that one race does not fail a whole scenario;
+        # `no_responders` lets a test see that it happened. Not yet explained; see the closing note.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            try:
+                return await self._nc.request(subject, payload, timeout=20)
+            except nats.errors.NoRespondersError:
+                self.no_responders += 1
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)  # retry pacing for a client, like a user's retry loop
 
     async def send_raw(self, room: str, payload: bytes, headers: list[tuple[str, bytes]]) -> None:
         from bridge.bus.bindings import room_token
