@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -252,7 +253,7 @@ class CommandRunner:
             return
         self.stats.dead_lettered += 1
         # A request gets an answer even though no command_result exists for input this broken.
-        await delivery.reply(f'{{"error":{{"code":"{code}","message":{_json_str(message)}}}}}'.encode())
+        await delivery.reply(f'{{"error":{{"code":"{code}","message":{json.dumps(message)}}}}}'.encode())
         delivery.settle()
 
     def remember(self, command_id: str, result: events_pb2.CommandResult) -> None:
@@ -592,9 +593,3 @@ class CommandRunner:
 
 def _not_served(room: str) -> str:
     return f"room {room!r} is not served by this bridge"
-
-
-def _json_str(text: str) -> str:
-    import json
-
-    return json.dumps(text)

@@ -331,20 +331,25 @@ async def test_kafka_group_shares_rooms(
     )
 
 
+def _nats_leases(url: str, prefix: str) -> dict[str, Any]:
+    """Bridge settings for NATS (events and commands under ``prefix``) with ownership by KV leases."""
+    return {
+        "nats": {"servers": [url], "subject_prefix": prefix},
+        "ownership": {
+            "mode": "nats",
+            "lease_ttl_s": LEASE_TTL_S,
+            "handover_timeout_s": HANDOVER_S,
+            "bucket": unique_name(prefix.split("-", maxsplit=1)[0]),
+        },
+    }
+
+
 @pytest.mark.slow
 async def test_nats_leases_share_rooms(
     nats_server: Any, sim_port: int, tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
     prefix = unique_name("own")
-    bus = {
-        "nats": {"servers": [nats_server.url], "subject_prefix": prefix},
-        "ownership": {
-            "mode": "nats",
-            "lease_ttl_s": LEASE_TTL_S,
-            "handover_timeout_s": HANDOVER_S,
-            "bucket": unique_name("own"),
-        },
-    }
+    bus = _nats_leases(nats_server.url, prefix)
     replicas = _replicas(tmp_path, sim_port, bus)
     await _run_scenario(
         replicas,
@@ -362,15 +367,7 @@ async def test_nats_commands_reach_the_lease_holder(
     """Every command sent as a NATS request is applied, whichever replica the queue group picks."""
     rooms = ROOMS[:9]
     prefix = unique_name("fwd")
-    bus = {
-        "nats": {"servers": [nats_server.url], "subject_prefix": prefix},
-        "ownership": {
-            "mode": "nats",
-            "lease_ttl_s": LEASE_TTL_S,
-            "handover_timeout_s": HANDOVER_S,
-            "bucket": unique_name("fwd"),
-        },
-    }
+    bus = _nats_leases(nats_server.url, prefix)
     replicas = _replicas(tmp_path, sim_port, bus, rooms=rooms)
     client = NatsCommands(nats_server.url, prefix=prefix)
     await client.start()
