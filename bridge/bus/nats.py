@@ -31,6 +31,7 @@ from nats.js.api import PubAck, StreamConfig
 
 from bridge.bus.base import rejected, unavailable
 from bridge.bus.bindings import NATS_STRUCTURED_HEADERS, nats_binary_headers, nats_structured, nats_subject
+from bridge.bus.nats_wire import batch_frames, header_block
 from bridge.config import NatsSettings
 from bridge.errors import BusError
 from bridge.events.cloudevent import CloudEvent
@@ -45,6 +46,7 @@ log = logging.getLogger("bridge.bus.nats")
 
 _MSG_ID: Final = "Nats-Msg-Id"  # JetStream deduplication within the duplicate window
 _STRUCTURED_HEADERS: Final = dict(NATS_STRUCTURED_HEADERS)
+_STRUCTURED_BLOCK: Final = header_block(NATS_STRUCTURED_HEADERS)
 _STREAM_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 # JetStream API errors that mean "this record is wrong", not "try later" (message too large; subject
 # not in any stream would be 503 no-responders instead).
@@ -194,8 +196,7 @@ class NatsPublisher:
                 if self._jetstream:
                     await self._publish_jetstream(messages)
                 else:
-                    for subject, payload, headers in messages:
-                        await nc.publish(subject, payload, headers=headers)
+                    await self._publish_core(nc, events, messages)
                     await nc.flush(timeout=self._publish_timeout_s)  # type: ignore[arg-type]
         except BusError:
             raise
@@ -226,6 +227,25 @@ class NatsPublisher:
         # One shared header dict for the whole batch: nats-py only reads it.
         shared = _STRUCTURED_HEADERS
         return [(nats_subject(prefix, e), nats_structured(e), shared) for e in events]
+
+    async def _publish_core(
+        self, nc: Client, events: Sequence[CloudEvent], messages: list[tuple[str, bytes, dict[str, str]]]
+    ) -> None:
+        """The batch as one buffer of ``HPUB`` commands (:mod:`bridge.bus.nats_wire`), queued in order."""
+        if self._binary:
+            frames = batch_frames((subject, header_block(h), payload) for subject, payload, h in messages)
+        else:
+            frames = batch_frames((subject, _STRUCTURED_BLOCK, payload) for subject, payload, _ in messages)
+        # Straight onto the socket, as nats-py writes its PINGs: ``flush()`` then puts its PING after the
+        # batch, so its PONG confirms the server read all of it. (``publish`` queues for a flusher task,
+        # which can put the PING first: a PONG that confirms nothing.) The write is bounded by the batch;
+        # the PONG wait is the backpressure.
+        transport = getattr(nc, "_transport", None)
+        if transport is None:
+            raise unavailable(self.name, "not connected")
+        transport.write(frames)
+        nc.stats["out_msgs"] += len(events)
+        nc.stats["out_bytes"] += sum(len(payload) for _, payload, _ in messages)
 
     async def _publish_jetstream(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
         js = self._js

@@ -12,6 +12,7 @@ The bus bindings (``bridge/bus/bindings.py``) turn these into Kafka headers or N
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -31,6 +32,15 @@ class EventType:
     field: str  # the oneof field (signal/data) or the bridge event name
     type_bytes: bytes = b""  # cached UTF-8 forms for header building
     dataschema_bytes: bytes = b""
+    _hash: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        identity = (self.type, self.message, self.dataschema, self.kind, self.field)
+        object.__setattr__(self, "_hash", hash(identity))
+
+    def __hash__(self) -> int:
+        # Computed once: the bus bindings look a type up in their caches for every event.
+        return self._hash
 
     @classmethod
     def make(cls, *, type: str, message: str, dataschema: str, kind: str, field: str) -> EventType:
@@ -46,9 +56,15 @@ class SessionContext:
     session: str  # lksession
     room_sid: str = ""  # lkroomsid, once known
     room_bytes: bytes = field(default=b"", compare=False)
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "room_bytes", self.room.encode())
+        object.__setattr__(self, "_hash", hash((self.source, self.room, self.session, self.room_sid)))
+
+    def __hash__(self) -> int:
+        # Computed once: the bus bindings look a context up in their caches several times per event.
+        return self._hash
 
     def with_room(self, *, room: str | None = None, room_sid: str | None = None) -> SessionContext:
         return SessionContext(

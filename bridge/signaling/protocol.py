@@ -209,12 +209,13 @@ class SignalProtocol:
         return actions
 
     def next_deadline(self) -> float | None:
-        deadlines = [
-            d
-            for d in (self._timers.next_ping, self._timers.liveness_deadline, self._timers.retry_at)
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        # Asked after every frame: no temporary lists.
+        t = self._timers
+        soonest = t.next_ping
+        for d in (t.liveness_deadline, t.retry_at):
+            if d is not None and (soonest is None or d < soonest):
+                soonest = d
+        return soonest
 
     # -------------------------------------------------------------- inputs
 

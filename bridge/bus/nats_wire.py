@@ -1,0 +1,61 @@
+"""NATS client-protocol framing for a batch of publishes (pure: bytes in, bytes out).
+
+nats-py's ``publish`` rebuilds the header block of every message (a regex check and an encode per
+header) and appends one buffer per message to its write queue. A structured CloudEvent always has the
+same one header, so the bridge encodes that block once, frames a whole batch as consecutive ``HPUB``
+commands and hands the client a single buffer (:class:`~bridge.bus.nats.NatsPublisher`). The bytes are
+exactly what nats-py would have written: ``HPUB <subject> <header bytes> <total bytes>\\r\\n<headers>
+<payload>\\r\\n`` with the header block ``NATS/1.0\\r\\n(<key>: <value>\\r\\n)*\\r\\n``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+__all__ = ["batch_frames", "header_block", "hpub"]
+
+_STATUS_LINE: Final = b"NATS/1.0\r\n"
+_CRLF: Final = b"\r\n"
+# RFC 7230 token characters, as nats-py and the server accept them for a header name.
+_KEY_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_SUBJECT_BAD: Final = frozenset(" \t\r\n")
+
+
+def header_block(headers: Mapping[str, str]) -> bytes:
+    """The encoded header block; ValueError names a key or value NATS would not carry."""
+    parts = [_STATUS_LINE]
+    for key, value in headers.items():
+        if not _KEY_RE.fullmatch(key):
+            raise ValueError(f"invalid NATS header name {key!r}")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"the value of NATS header {key!r} contains a line break")
+        parts.append(f"{key}: {value}\r\n".encode())
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def hpub(subject: str, block: bytes, payload: bytes) -> bytes:
+    """One ``HPUB`` command (no reply subject) for an already encoded header ``block``."""
+    if not subject or not _SUBJECT_BAD.isdisjoint(subject):
+        raise ValueError(f"invalid NATS subject {subject!r}")
+    head = f"HPUB {subject} {len(block)} {len(block) + len(payload)}\r\n".encode()
+    return b"".join((head, block, payload, _CRLF))
+
+
+def batch_frames(messages: Iterable[tuple[str, bytes, bytes]]) -> bytes:
+    """``HPUB`` commands for ``(subject, header block, payload)`` triples, as one buffer.
+
+    The parts are joined once, so each payload is copied once (into the buffer the socket gets).
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for subject, block, payload in messages:
+        if not subject or not _SUBJECT_BAD.isdisjoint(subject):
+            raise ValueError(f"invalid NATS subject {subject!r}")
+        append(f"HPUB {subject} {len(block)} {len(block) + len(payload)}\r\n".encode())
+        append(block)
+        append(payload)
+        append(_CRLF)
+    return b"".join(parts)
