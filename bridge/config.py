@@ -307,7 +307,9 @@ class KafkaSettings(_Section):
     enable_idempotence: Flag = True
     acks: Literal["all", 0, 1] = "all"
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
-    linger_s: Annotated[float, Field(strict=True, ge=0, le=60, allow_inf_nan=False)] = 0.005
+    # 0: each outbox batch goes to the broker at once. > 0: aiokafka holds a batch that long for more records
+    # (fuller batches with compression or many partitions, at the cost of that much latency).
+    linger_s: Annotated[float, Field(strict=True, ge=0, le=60, allow_inf_nan=False)] = 0.0
     security_protocol: Annotated[
         Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], BeforeValidator(_upper)
     ] = "PLAINTEXT"
@@ -484,6 +486,22 @@ def _forward_targets(entries: tuple[str, ...]) -> tuple[str, ...]:
     return entries
 
 
+def _url_prefixes(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """``media.publish_url_allow``: each entry a URL with a scheme and a host, and nothing secret in it."""
+    for n, entry in enumerate(entries):
+        if any(c in entry for c in "@?#"):
+            # Matched on scheme, host, port and path only; credentials in it would be logged. Not echoed.
+            raise ValueError(f"entry {n + 1} has a user, password, query or fragment: a prefix has none")
+        try:
+            parts = urlsplit(entry)
+            parts.port  # noqa: B018 (raises ValueError for a bad port)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not a URL") from None
+        if not parts.scheme or not parts.hostname:
+            raise ValueError(f"{entry!r} needs a scheme and a host, e.g. https://media.example.com/clips/")
+    return entries
+
+
 class SubscribeRule(_Section):
     """One ``media.subscribe`` rule: a remote track matches when all three fields match."""
 
@@ -508,6 +526,9 @@ class MediaSettings(_Section):
     # ``bridge.publish_track`` plays files from below this directory (``path`` is relative); None: refused.
     publish_dir: Path | None = None
     max_published_tracks: Count = 4  # per room, at the same time
+    # ``bridge.publish_track`` opens a ``url`` only below one of these prefixes (same scheme, host and port,
+    # path at or below the prefix's), e.g. ``https://media.example.com/clips/``; empty: every URL refused.
+    publish_url_allow: Annotated[Texts, AfterValidator(_url_prefixes)] = ()
 
 
 class Settings(_Section):

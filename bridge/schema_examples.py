@@ -300,7 +300,7 @@ BRIDGE_COMMANDS: Final[dict[str, Any]] = {
     "stop_recording": {"trackSid": "TR_AMb0bMic"},
     "forward_track": {"trackSid": "TR_AMb0bMic", "host": "10.0.0.7", "port": 5004, "sdpPath": "bob-mic.sdp"},
     "stop_forward": {"trackSid": "TR_AMb0bMic"},
-    "publish_track": {"path": "announcements/welcome.ogg", "name": "announcer", "loop": False},
+    "publish_track": {"path": "clips/intro.mp4", "name": "intro", "kind": "video", "loop": True},
     "unpublish_track": {"trackSid": "TR_AMbr1dge"},
 }
 

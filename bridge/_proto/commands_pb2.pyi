@@ -124,16 +124,20 @@ class StopForward(_message.Message):
     def __init__(self, track_sid: _Optional[str] = ...) -> None: ...
 
 class PublishTrack(_message.Message):
-    __slots__ = ("path", "name", "loop", "source")
+    __slots__ = ("path", "name", "loop", "source", "kind", "url")
     PATH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LOOP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
     path: str
     name: str
     loop: bool
     source: _livekit_models_pb2.TrackSource
-    def __init__(self, path: _Optional[str] = ..., name: _Optional[str] = ..., loop: bool = ..., source: _Optional[_Union[_livekit_models_pb2.TrackSource, str]] = ...) -> None: ...
+    kind: str
+    url: str
+    def __init__(self, path: _Optional[str] = ..., name: _Optional[str] = ..., loop: bool = ..., source: _Optional[_Union[_livekit_models_pb2.TrackSource, str]] = ..., kind: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class UnpublishTrack(_message.Message):
     __slots__ = ("track_sid",)

@@ -1,14 +1,20 @@
 """Forward received tracks as RTP over UDP (``bridge.forward_track`` / ``stop_forward``).
 
-The encoded frames :class:`~bridge.media.peer.MediaPeer` taps from aiortc (a raw opus packet or a VP8
-frame, reassembled after NACK repair, with an RTP timestamp counted from 0) are packetized again and
-sent from one UDP socket per forward (research ``media-aiortc.md`` §5.4: "forward reassembled frames
-and re-packetize"). No decoding, no encoding:
+The encoded frames :class:`~bridge.media.peer.MediaPeer` taps from aiortc (a raw opus packet, a VP8
+frame or an H.264 access unit in Annex B form, reassembled after NACK repair, with an RTP timestamp
+counted from 0) are packetized again and sent from one UDP socket per forward (research
+``media-aiortc.md`` §5.4: "forward reassembled frames and re-packetize"). No decoding, no encoding:
 
 * opus: one frame per packet (RFC 7587), payload type 111 unless the command says otherwise;
 * VP8: aiortc's own payloader (``Vp8Encoder.pack``: RFC 7741 descriptor with a picture id, packets of
   at most 1300 bytes, marker on the last packet of a frame), payload type 96; the forward starts on a
-  keyframe and asks for one with a PLI, like a recording.
+  keyframe and asks for one with a PLI, like a recording;
+* H.264: aiortc's own payloader too (``H264Encoder.pack``: RFC 6184 packetization mode 1, small NAL
+  units aggregated in STAP-A, large ones split in FU-A, packets of at most 1300 bytes), payload type
+  102, marker on the last packet of a frame. It starts on an IDR picture with its SPS/PPS (put in
+  front from earlier frames when the IDR lacks them), asking with a PLI like VP8. The SDP says
+  ``packetization-mode=1``; it cannot carry ``sprop-parameter-sets`` because it is written before
+  the first frame arrives, so receivers take the parameter sets in band.
 
 Each forward has its own random SSRC, a sequence number that grows by one per packet (mod 2**16) and a
 timestamp that is the received one plus a random offset (mod 2**32), so a receiver sees one unbroken
@@ -38,18 +44,29 @@ from pathlib import Path
 from typing import Any, Final
 
 import av
+from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
 from bridge.errors import MediaRefused
+from bridge.media.h264 import ParameterSets
 from bridge.media.peer import RemoteTrack
 from bridge.media.recorder import vp8_keyframe
 from bridge.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_PAYLOAD_TYPES", "Forward", "Forwarder", "host_allowed", "rtp_header", "sdp_for"]
+__all__ = [
+    "DEFAULT_PAYLOAD_TYPES",
+    "Forward",
+    "ForwardStats",
+    "Forwarder",
+    "host_allowed",
+    "rtp_header",
+    "sdp_for",
+]
 
-DEFAULT_PAYLOAD_TYPES: Final = {"opus": 111, "vp8": 96}
+DEFAULT_PAYLOAD_TYPES: Final = {"opus": 111, "vp8": 96, "h264": 102}
+_KINDS: Final = {"opus": "audio", "vp8": "video", "h264": "video"}
 KEYFRAME_ASK_EVERY: Final = 15  # while waiting for a keyframe: one PLI per this many skipped frames
 CLOSE_TIMEOUT_S: Final = 2.0
 _VIDEO_TIME_BASE: Final = fractions.Fraction(1, 90000)
@@ -95,6 +112,13 @@ def sdp_for(*, codec: str, address: str, port: int, payload_type: int, channels:
             f"a=rtpmap:{payload_type} opus/48000/2",
             f"a=fmtp:{payload_type} minptime=10;useinbandfec=1" + (";stereo=1" if channels == 2 else ""),
         ]
+    elif codec == "h264":
+        lines += [
+            f"m=video {port} RTP/AVP {payload_type}",
+            f"a=rtpmap:{payload_type} H264/90000",
+            # Mode 1 (STAP-A / FU-A) is what the payloader produces; parameter sets come in band.
+            f"a=fmtp:{payload_type} packetization-mode=1",
+        ]
     else:
         lines += [f"m=video {port} RTP/AVP {payload_type}", f"a=rtpmap:{payload_type} VP8/90000"]
     lines.append("a=recvonly")
@@ -128,7 +152,7 @@ class Forward:
 
     track_sid: str
     kind: str
-    codec: str  # "opus" / "vp8"
+    codec: str  # "opus" / "vp8" / "h264"
     address: str
     port: int
     payload_type: int
@@ -136,16 +160,17 @@ class Forward:
     ssrc: int = field(default_factory=lambda: secrets.randbits(32))
     sequence: int = field(default_factory=lambda: secrets.randbits(16))
     timestamp_offset: int = field(default_factory=lambda: secrets.randbits(32))
-    started: bool = False  # first frame sent (VP8: first keyframe seen)
+    started: bool = False  # first frame sent (video: first keyframe seen)
     frames: int = 0
     packets: int = 0
     sent_bytes: int = 0
     dropped: int = 0  # packets the queue or a paused socket could not take
-    skipped: int = 0  # VP8 delta frames before the first keyframe
+    skipped: int = 0  # video delta frames before the first keyframe
     reason: str = ""
     queue: collections.deque[bytes] = field(default_factory=collections.deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _vp8: Any = field(default=None, repr=False)
+    _payloader: Any = field(default=None, repr=False)
+    h264: ParameterSets = field(default_factory=ParameterSets, repr=False)  # latest SPS/PPS seen
 
     def packetize(self, codec: str, data: bytes, timestamp: int) -> list[bytes]:
         """RTP packets for one encoded frame; advances the sequence number."""
@@ -153,12 +178,13 @@ class Forward:
         if codec == "opus":
             payloads = [data]
         else:
-            if self._vp8 is None:
-                self._vp8 = Vp8Encoder()  # only its payloader is used: no libvpx context is opened
+            if self._payloader is None:
+                # Only their payloaders are used: no libvpx / libx264 context is ever opened.
+                self._payloader = H264Encoder() if codec == "h264" else Vp8Encoder()
             packet = av.Packet(data)
             packet.pts = timestamp
             packet.time_base = _VIDEO_TIME_BASE
-            payloads, _ = self._vp8.pack(packet)
+            payloads, _ = self._payloader.pack(packet)
         out = []
         last = len(payloads) - 1
         for i, payload in enumerate(payloads):
@@ -173,6 +199,21 @@ class Forward:
             self.sequence = (self.sequence + 1) & 0xFFFF
             out.append(header + payload)
         return out
+
+
+@dataclass
+class ForwardStats:
+    """Cumulative counters of one room's forwards, per kind ("audio" / "video"), for the metrics."""
+
+    started: int = 0
+    frames_by_kind: dict[str, int] = field(default_factory=dict)
+    packets_by_kind: dict[str, int] = field(default_factory=dict)  # RTP packets handed to the socket
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)  # their size, RTP headers included
+    dropped_by_kind: dict[str, int] = field(default_factory=dict)  # RTP packets dropped (queue full)
+
+
+def _add(counts: dict[str, int], kind: str, n: int) -> None:
+    counts[kind] = counts.get(kind, 0) + n
 
 
 class Forwarder:
@@ -195,18 +236,19 @@ class Forwarder:
         self._request_keyframe = request_keyframe
         self._count_dropped = count_dropped
         self.forwards: dict[str, Forward] = {}  # track sid -> active forward
+        self.stats = ForwardStats()
         self._transports: dict[str, Any] = {}
         self._tasks = OwnedTasks(log, f"forwarder room={room}")
         self._closed = False
 
     async def start(self, track_sid: str, host: str, port: int, codec: str, payload_type: int = 0) -> Forward:
-        """Begin forwarding ``track_sid`` (its ``codec``: "opus" / "vp8") to ``host``:``port``."""
+        """Begin forwarding ``track_sid`` (its ``codec``: "opus" / "vp8" / "h264") to ``host``:``port``."""
         if self._closed:
             raise MediaRefused("unavailable", "the room session is closing")
         if not self._allow:
             raise MediaRefused("not_allowed", "forwarding is off: set media.forward_allow")
         if codec not in DEFAULT_PAYLOAD_TYPES:
-            raise MediaRefused("unsupported", f"only opus and VP8 tracks can be forwarded, not {codec}")
+            raise MediaRefused("unsupported", f"only opus, VP8 and H.264 can be forwarded, not {codec}")
         if not host or not 0 < port < 65536:
             raise MediaRefused("invalid_target", "host and a port between 1 and 65535 are required")
         if payload_type and not 96 <= payload_type <= 127:
@@ -225,7 +267,7 @@ class Forwarder:
             raise MediaRefused("not_allowed", f"{host} ({address}) is not in media.forward_allow")
         fwd = Forward(
             track_sid=track_sid,
-            kind="audio" if codec == "opus" else "video",
+            kind=_KINDS[codec],
             codec=codec,
             address=address,
             port=port,
@@ -238,8 +280,9 @@ class Forwarder:
             raise MediaRefused("invalid_target", f"cannot send to {address}:{port}: {exc}") from exc
         self.forwards[track_sid] = fwd
         self._transports[track_sid] = transport
+        self.stats.started += 1
         self._tasks.spawn(self._send(fwd, transport, protocol), name=f"forward:{track_sid}")
-        if codec == "vp8":
+        if fwd.kind == "video":
             self._request_keyframe(track_sid)  # False until the track arrives: asked again on delta frames
         log.info("room=%s forwarding %s (%s) to %s:%d", self._room, track_sid, codec, address, port)
         return fwd
@@ -266,17 +309,22 @@ class Forwarder:
             self._finish(fwd, f"error: the track carries {name}, not {fwd.codec}")
             return
         data = bytes(frame.data)
-        if not fwd.started and name == "vp8" and vp8_keyframe(data) is None:
-            fwd.skipped += 1
-            if fwd.skipped % KEYFRAME_ASK_EVERY == 1:
-                self._request_keyframe(remote.track_id)
-            return
+        if not fwd.started:
+            first = _first_frame(fwd, name, data)
+            if first is None:
+                fwd.skipped += 1
+                if fwd.skipped % KEYFRAME_ASK_EVERY == 1:
+                    self._request_keyframe(remote.track_id)
+                return
+            data = first
         packets = fwd.packetize(name, data, int(frame.timestamp))
         fwd.started = True
         fwd.frames += 1
+        _add(self.stats.frames_by_kind, fwd.kind, 1)
         room = fwd.capacity - len(fwd.queue)
         if len(packets) > room:
             fwd.dropped += len(packets)
+            _add(self.stats.dropped_by_kind, fwd.kind, len(packets))
             self._count_dropped(remote, 1)
             return  # a partial video frame is useless: drop it whole
         fwd.queue.extend(packets)
@@ -299,6 +347,8 @@ class Forwarder:
                     transport.sendto(packet)
                     fwd.packets += 1
                     fwd.sent_bytes += len(packet)
+                    _add(self.stats.packets_by_kind, fwd.kind, 1)
+                    _add(self.stats.bytes_by_kind, fwd.kind, len(packet))
                 if fwd.reason:
                     break
         finally:
@@ -330,6 +380,15 @@ class Forwarder:
             transport.close()
         self._transports.clear()
         self.forwards.clear()
+
+
+def _first_frame(fwd: Forward, codec: str, data: bytes) -> bytes | None:
+    """What a forward may start with: a keyframe (H.264: an IDR with its SPS/PPS), else None."""
+    if codec == "vp8":
+        return data if vp8_keyframe(data) is not None else None
+    if codec == "h264":
+        return fwd.h264.complete(data)
+    return data
 
 
 def write_sdp(root: Path | None, path: str, text: str) -> Path:

@@ -1,20 +1,23 @@
-"""Play an audio file into the room as a track (``bridge.publish_track`` / ``unpublish_track``).
+"""Play a file or URL into the room as a track (``bridge.publish_track`` / ``unpublish_track``).
 
-:class:`FileAudioTrack` is an aiortc ``MediaStreamTrack`` the bridge's publisher PeerConnection sends:
+:class:`PlaybackTrack` is an aiortc ``MediaStreamTrack`` the bridge's publisher PeerConnection sends,
+audio or video, from one stream of a container :mod:`bridge.media.sources` opened:
 
-* opus (in Ogg, WebM, Matroska) is demuxed and handed to aiortc as ``av.Packet``: aiortc's sender then
-  only packetizes (``OpusEncoder.pack``), nothing is decoded or encoded (research ``media-aiortc.md``
-  §2, §5.5);
-* anything else FFmpeg reads (WAV, FLAC, MP3, ...) is decoded and resampled to 48 kHz s16 in frames of
-  exactly 20 ms (aiortc would otherwise put several opus packets under one RTP timestamp), and aiortc's
-  sender encodes it to opus.
+* opus, VP8 and H.264 are demuxed and handed to aiortc as ``av.Packet``: aiortc's sender then only
+  packetizes (``OpusEncoder.pack``, ``Vp8Encoder.pack``, ``H264Encoder.pack``), nothing is decoded or
+  encoded (research ``media-aiortc.md`` §2, §5.5). H.264 goes through FFmpeg's ``h264_mp4toannexb``
+  (MP4 and Matroska store length-prefixed NAL units; aiortc splits on Annex B start codes) and every
+  IDR frame gets the stream's SPS/PPS in front, so a subscriber joining late can decode it;
+* other audio is decoded and resampled to 48 kHz s16 in frames of exactly 20 ms (aiortc would
+  otherwise put several opus packets under one RTP timestamp) and aiortc encodes it to opus; other
+  video is decoded and aiortc encodes it to VP8.
 
-Why not ``aiortc.contrib.media.MediaPlayer``: its queue is fed by a thread of its own, its ``loop``
-restarts timestamps at 0 (a pass-through stream would jump back in time), and its stop joins that
-thread on the event loop. Here one owned task reads the file in a worker thread, half a second at a
-time, into a bounded queue (it waits when the queue is full: the file is read no faster than it plays),
-timestamps keep growing across loops, and ``recv`` paces packets on the wall clock without bursting to
-catch up after a stall.
+Timestamps are in the RTP clock of the kind (1/48000, 1/90000). Why not
+``aiortc.contrib.media.MediaPlayer``: its queue is fed by a thread of its own, its ``loop`` restarts
+timestamps at 0 (a pass-through stream would jump back in time), and its stop joins that thread on the
+event loop. Here one owned task reads in a worker thread, a batch at a time, into a bounded queue (it
+waits when the queue is full: the source is read no faster than it plays), timestamps keep growing
+across loops, and ``recv`` paces items on the wall clock without bursting to catch up after a stall.
 """
 
 from __future__ import annotations
@@ -22,132 +25,270 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import av
+import av.bitstream
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from bridge.errors import MediaError, MediaRefused
+from bridge.media.sources import (
+    ENCODED_MIME,
+    StreamInfo,
+    choose_kind,
+    describe,
+    open_source,
+    passthrough_codec,
+)
 from bridge.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FileAudioTrack", "probe_audio"]
+__all__ = ["PlaybackTrack", "open_playback"]
 
-RATE: Final = 48000
-TIME_BASE: Final = fractions.Fraction(1, RATE)
-QUEUE_ITEMS: Final = 100  # about 2 s of 20 ms packets
-BATCH: Final = 25  # items read per worker-thread call
+OPEN_DEADLINE_S: Final = 10.0  # opening and probing a source, URLs included
 MAX_LAG_S: Final = 0.2  # a reader this far behind restarts the clock instead of bursting
+AUDIO_FRAME: Final = 960  # 20 ms at 48 kHz
+DEFAULT_FPS: Final = 25  # when the container says nothing (a raw .h264 stream)
+_START_CODE: Final = b"\x00\x00\x00\x01"
+_IDR, _SPS, _PPS = 5, 7, 8
 
 
-def probe_audio(path: Path) -> tuple[str, int]:
-    """``(codec name, channels)`` of the file's first audio stream; ``ValueError`` when it has none."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise ValueError("the file has no audio stream")
-            stream = container.streams.audio[0]
-            return str(stream.codec_context.name), int(stream.codec_context.channels or 1)
-    except av.FFmpegError as exc:
-        raise ValueError(f"FFmpeg cannot read it: {exc}") from exc
+@dataclass(frozen=True)
+class _Buffering:
+    """RTP clock rate, queue bound and items read per worker-thread call, per kind of item."""
+
+    rate: int
+    queue: int
+    batch: int
+
+
+_AUDIO: Final = _Buffering(48000, 100, 25)  # about 2 s of 20 ms packets or frames
+_VIDEO_PACKETS: Final = _Buffering(90000, 60, 10)  # encoded frames are small
+_VIDEO_FRAMES: Final = _Buffering(90000, 8, 2)  # decoded ones are not (a 1080p frame is 3 MB)
+
+# (pts, duration) in the track's clock, relative to the source, and the packet or frame.
+_Item = tuple[int, int, Any]
+
+
+def _units(value: int, time_base: fractions.Fraction, rate: int) -> int:
+    return int(value * time_base * rate)
+
+
+class _ParameterSets:
+    """Puts the last SPS and PPS seen in front of every IDR frame that comes without them."""
+
+    def __init__(self) -> None:
+        self._sps = b""
+        self._pps = b""
+
+    def __call__(self, data: bytes) -> bytes:
+        types = set()
+        for nal in _nal_units(data):
+            kind = nal[0] & 0x1F
+            types.add(kind)
+            if kind == _SPS:
+                self._sps = nal
+            elif kind == _PPS:
+                self._pps = nal
+        if _IDR in types and _SPS not in types and self._sps and self._pps:
+            return _START_CODE + self._sps + _START_CODE + self._pps + data
+        return data
+
+
+def _nal_units(data: bytes) -> Iterator[bytes]:
+    """The NAL units of an Annex B buffer, start codes (3 or 4 bytes) removed."""
+    start = data.find(b"\x00\x00\x01")
+    while start >= 0:
+        begin = start + 3
+        start = data.find(b"\x00\x00\x01", begin)
+        end = len(data) if start < 0 else start
+        nal = data[begin:end].rstrip(b"\x00") if start >= 0 else data[begin:end]
+        if nal:
+            yield nal
 
 
 class _Reader:
-    """The worker-thread side: yields ``(seconds, av.Packet | av.AudioFrame)`` with growing pts."""
+    """The worker-thread side: yields ``(seconds, av.Packet | av.Frame)`` with pts growing across loops.
 
-    def __init__(self, path: Path, *, loop: bool) -> None:
-        self.path = path
+    ``read`` and ``close`` hold a lock: the container is closed only between two reads, even when the
+    task that asked for a read was cancelled while its thread still runs.
+    """
+
+    def __init__(
+        self,
+        container: Any,
+        stream: StreamInfo,
+        *,
+        reopen: Callable[[], Any],
+        loop: bool,
+        passthrough: bool,
+    ) -> None:
+        self._container = container
+        self._reopen = reopen
+        self._index = stream.index
+        self._kind = stream.kind
+        self._stream = container.streams[stream.index]
         self.loop = loop
-        self.passthrough = False
-        self.items: Iterator[tuple[float, Any]] = self._run()
+        self._lock = threading.Lock()
+        self._convert: Callable[[], Iterator[_Item]]
+        if passthrough:
+            self._convert = self._packets
+        elif stream.kind == "audio":
+            self._resampler = av.AudioResampler(
+                format="s16", layout="stereo", rate=_AUDIO.rate, frame_size=AUDIO_FRAME
+            )
+            self._convert = self._audio_frames
+        else:
+            self._convert = self._video_frames
+        self.buffering = (
+            _AUDIO if stream.kind == "audio" else _VIDEO_PACKETS if passthrough else _VIDEO_FRAMES
+        )
+        self.time_base = fractions.Fraction(1, self.buffering.rate)
+        self._frame_units = AUDIO_FRAME
+        if stream.kind == "video":
+            fps = self._stream.average_rate or self._stream.guessed_rate or DEFAULT_FPS
+            self._frame_units = int(self.buffering.rate / fps)
+        self._h264 = _ParameterSets() if passthrough and stream.codec == "h264" else None
+        extradata = bytes(self._stream.codec_context.extradata or b"")
+        if self._h264 is not None and extradata.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+            # Annex B parameter sets out of band (RTSP's sprop-parameter-sets): remembered for the IDRs.
+            self._h264(extradata)
+        self.items: Generator[tuple[float, Any]] = self._run()
 
     def read(self, count: int) -> list[tuple[float, Any] | None]:
         out: list[tuple[float, Any] | None] = []
-        for _ in range(count):
-            item = next(self.items, None)
-            out.append(item)
-            if item is None:
-                break
+        with self._lock:
+            for _ in range(count):
+                item = next(self.items, None)
+                out.append(item)
+                if item is None:
+                    break
         return out
 
-    def _run(self) -> Iterator[tuple[float, Any]]:
-        with av.open(str(self.path)) as container:
-            stream = container.streams.audio[0]
-            self.passthrough = stream.codec_context.name == "opus"
-            resampler = (
-                None
-                if self.passthrough
-                else av.AudioResampler(format="s16", layout="stereo", rate=RATE, frame_size=960)
-            )
-            base = 0  # pts (1/48000) where the current pass through the file starts
-            while True:
-                end = base
-                first: int | None = None
-                if self.passthrough:
-                    for packet in container.demux(stream):
-                        if packet.pts is None or not packet.size:
-                            continue
-                        source_base = packet.time_base
-                        pts = int(packet.pts * source_base * RATE)
-                        duration = int((packet.duration or 0) * source_base * RATE) or 960
-                        first = pts if first is None else first
-                        packet.pts = packet.dts = base + pts - first
-                        packet.time_base = TIME_BASE
-                        end = max(end, packet.pts + duration)
-                        yield float(packet.pts * TIME_BASE), packet
+    def close(self) -> None:
+        with self._lock:
+            self.items.close()
+            self._container.close()  # idempotent; also when the generator never started
+
+    def _run(self) -> Generator[tuple[float, Any]]:
+        base = 0  # pts where the current pass through the source starts
+        while True:
+            end = base
+            first: int | None = None
+            with self._container:
+                for pts, duration, item in self._convert():
+                    first = pts if first is None else first
+                    item.pts = base + pts - first
+                    if isinstance(item, av.Packet):
+                        item.dts = item.pts
+                    item.time_base = self.time_base
+                    end = max(end, item.pts + duration)
+                    yield float(item.pts * self.time_base), item
+            if not self.loop or end == base:
+                return
+            base = end
+            # Opened again rather than seeked: raw streams (.h264) cannot seek, and a URL starts over.
+            self._container = self._reopen()
+            # Never touch the old container's stream again: PyAV frees it with the container.
+            streams = self._container.streams
+            if self._index >= len(streams) or streams[self._index].type != self._kind:
+                self._container.close()
+                raise MediaError(f"the source changed: stream {self._index} is no longer {self._kind}")
+            self._stream = streams[self._index]
+
+    def _packets(self) -> Iterator[_Item]:
+        stream, rate = self._stream, self.buffering.rate
+        # One filter per pass: after the flush at the end of the file it accepts nothing more.
+        bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", stream) if self._h264 else None
+        following = 0  # for packets without timestamps (raw .h264): where the previous one ended
+        for demuxed in self._container.demux(stream):
+            for packet in bsf.filter(demuxed if demuxed.size else None) if bsf else [demuxed]:
+                if not packet.size:
+                    continue
+                time_base = packet.time_base or stream.time_base
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                pts = following if stamp is None else _units(stamp, time_base, rate)
+                duration = _units(packet.duration or 0, time_base, rate) or self._frame_units
+                following = pts + duration
+                if self._h264 is not None:
+                    data = bytes(packet)
+                    fixed = self._h264(data)
+                    yield pts, duration, packet if fixed is data else av.Packet(fixed)
                 else:
-                    assert resampler is not None
-                    for decoded in container.decode(stream):
-                        for frame in resampler.resample(decoded):
-                            frame.pts = end
-                            frame.time_base = TIME_BASE
-                            end += frame.samples
-                            yield float(frame.pts * TIME_BASE), frame
-                if not self.loop or end == base:
-                    return
-                base = end
-                container.seek(0)
+                    yield pts, duration, packet
+
+    def _audio_frames(self) -> Iterator[_Item]:
+        pts = 0  # contiguous: the resampler's 20 ms frames do not line up with the source's
+        for decoded in self._container.decode(self._stream):
+            for frame in self._resampler.resample(decoded):
+                yield pts, frame.samples, frame
+                pts += frame.samples
+
+    def _video_frames(self) -> Iterator[_Item]:
+        following = 0
+        for frame in self._container.decode(self._stream):
+            seconds = frame.time
+            pts = following if seconds is None else int(seconds * self.buffering.rate)
+            following = pts + self._frame_units
+            yield pts, self._frame_units, frame
 
 
-class FileAudioTrack(MediaStreamTrack):
-    """An audio track playing ``path`` (see the module docstring). ``start()`` before aiortc reads it."""
+class PlaybackTrack(MediaStreamTrack):
+    """A track playing one stream of ``container`` (see the module docstring); it owns the container.
 
-    kind = "audio"
+    ``reopen`` opens the source again for the next pass of ``loop`` (in the worker thread). ``shown``
+    names the source in logs (a redacted URL, or the path). ``start()`` before aiortc reads it;
+    ``aclose()`` when done, also when it was never started.
+    """
 
-    def __init__(self, path: Path, *, loop: bool = False, name: str = "") -> None:
+    def __init__(
+        self,
+        container: Any,
+        stream: StreamInfo,
+        *,
+        reopen: Callable[[], Any],
+        shown: str,
+        loop: bool = False,
+    ) -> None:
         super().__init__()
-        self.path = path
-        self.name = name or path.stem
-        self._reader = _Reader(path, loop=loop)
-        self._queue: asyncio.Queue[tuple[float, Any] | None] = asyncio.Queue(QUEUE_ITEMS)
-        self._tasks = OwnedTasks(log, f"playback {path.name}")
+        self.kind = stream.kind
+        self.stream = stream
+        self.shown = shown
+        codec = passthrough_codec(stream.kind, stream.codec)
+        self.passthrough = codec is not None
+        self.mime_type: str = codec or ENCODED_MIME[stream.kind]  # what goes over RTP
+        self._reader = _Reader(container, stream, reopen=reopen, loop=loop, passthrough=self.passthrough)
+        self._queue: asyncio.Queue[tuple[float, Any] | None] = asyncio.Queue(self._reader.buffering.queue)
+        self._tasks = OwnedTasks(log, f"playback {shown}")
         self._start: float | None = None
         self.sent = 0  # packets or frames handed to aiortc
         self.error: str = ""
 
-    @property
-    def passthrough(self) -> bool:
-        return self._reader.passthrough
-
     def start(self) -> None:
         if not len(self._tasks):
-            self._tasks.spawn(self._fill(), name=f"playback:{self.path.name}")
+            self._tasks.spawn(self._fill(), name=f"playback:{self.shown}")
 
     async def _fill(self) -> None:
+        batch_size = self._reader.buffering.batch
         try:
             while True:
-                batch = await asyncio.to_thread(self._reader.read, BATCH)
+                batch = await asyncio.to_thread(self._reader.read, batch_size)
                 for item in batch:
                     await self._queue.put(item)  # waits while the queue is full
                 if batch and batch[-1] is None:
                     return
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.warning("playback of %s failed: %s", self.path.name, self.error)
+        except (av.FFmpegError, OSError, ValueError, MediaError) as exc:
+            # str() of an FFmpeg error quotes the whole URL; its strerror does not (ours never do).
+            reason = str(exc) if isinstance(exc, MediaError) else getattr(exc, "strerror", None)
+            reason = reason or "read failed"
+            self.error = f"{type(exc).__name__}: {reason}"
+            log.warning("playback of %s ended: %s", self.shown, self.error)
             await self._queue.put(None)
 
     async def recv(self) -> Any:
@@ -174,3 +315,36 @@ class FileAudioTrack(MediaStreamTrack):
     async def aclose(self) -> None:
         self.stop()
         await self._tasks.aclose(2.0)
+        await asyncio.to_thread(self._reader.close)
+
+
+async def open_playback(target: str, *, url: bool, shown: str, kind: str, loop: bool) -> PlaybackTrack:
+    """Open ``target`` in a worker thread, pick the stream ``kind`` asks for, and build its track.
+
+    Opening a URL can block: FFmpeg's own timeouts bound it (:func:`~bridge.media.sources.open_source`)
+    and so does ``OPEN_DEADLINE_S`` here; a container that opens after the deadline is closed then.
+    Raises :class:`~bridge.errors.MediaRefused`.
+    """
+
+    def opener() -> Any:
+        return open_source(target, url=url, shown=shown)
+
+    future = asyncio.get_running_loop().run_in_executor(None, opener)
+    try:
+        container = await asyncio.wait_for(asyncio.shield(future), OPEN_DEADLINE_S)
+    except BaseException as exc:
+        future.add_done_callback(_close_late)
+        if isinstance(exc, TimeoutError):
+            raise MediaRefused("timeout", f"{shown} did not open within {OPEN_DEADLINE_S:g}s") from None
+        raise
+    try:
+        stream = choose_kind(kind, describe(container))
+    except ValueError as exc:
+        await asyncio.to_thread(container.close)
+        raise MediaRefused("invalid_path", f"{shown}: {exc}") from None
+    return PlaybackTrack(container, stream, reopen=opener, shown=shown, loop=loop)
+
+
+def _close_late(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()

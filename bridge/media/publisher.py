@@ -24,7 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc import sdp as aiortc_sdp
 from livekit.protocol import rtc
 
 from bridge.errors import MediaError, NegotiationFailed
@@ -32,12 +39,30 @@ from bridge.media.peer import ice_servers_to_aiortc, parse_trickle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PublisherPeer", "PublisherStats"]
+__all__ = ["PublisherPeer", "PublisherStats", "codec_preferences"]
 
 RELIABLE: Final = "_reliable"
 LOSSY: Final = "_lossy"
 PENDING_CANDIDATES: Final = 64  # server candidates kept until the answer is applied
 MAX_BUFFERED_BYTES: Final = 4 * 1024 * 1024  # per channel: beyond it a send is refused (backpressure)
+
+
+def codec_preferences(kind: str, mime_type: str) -> list[Any]:
+    """aiortc's codecs of ``mime_type`` (H.264: packetization-mode 1 only) plus RTX, for an m-line."""
+    chosen = [
+        codec
+        for codec in RTCRtpSender.getCapabilities(kind).codecs
+        if codec.mimeType.lower() == mime_type.lower()
+        and codec.parameters.get("packetization-mode", "1") == "1"
+    ]
+    if not chosen:
+        raise MediaError(f"aiortc cannot send {mime_type}")
+    rtx = [
+        codec
+        for codec in RTCRtpSender.getCapabilities(kind).codecs
+        if codec.mimeType.lower().endswith("/rtx")
+    ]
+    return chosen + rtx
 
 
 @dataclass
@@ -228,12 +253,14 @@ class PublisherPeer:
         for candidate in pending:
             await self._add_candidate(pc, candidate)
 
-    async def add_track(self, track: Any, *, cid: str, timeout_s: float) -> None:
+    async def add_track(self, track: Any, *, cid: str, timeout_s: float, mime_type: str = "") -> None:
         """Send ``track`` on the publisher PC (set up first if needed) and renegotiate.
 
         ``cid`` is the ``AddTrackRequest.cid`` LiveKit already answered with ``track_published``: it goes
-        into the m-line's msid, which is how LiveKit ties the m-line to the announced track. Raises
-        :class:`NegotiationFailed` when the PC could not be set up or renegotiated within ``timeout_s``.
+        into the m-line's msid, which is how LiveKit ties the m-line to the announced track. A
+        ``mime_type`` (``video/H264``...) restricts the m-line to that codec: a track that yields encoded
+        packets must be sent with the codec they are in. Raises :class:`NegotiationFailed` when the PC
+        could not be set up or renegotiated within ``timeout_s``.
         """
         await self.ensure_ready(timeout_s)
         async with self._lock:
@@ -241,10 +268,24 @@ class PublisherPeer:
             if pc is None or self._closed:
                 raise NegotiationFailed("the publisher PeerConnection closed before the track was added")
             transceiver = pc.addTransceiver(track, direction="sendonly")
+            if mime_type:
+                transceiver.setCodecPreferences(codec_preferences(track.kind, mime_type))
             # aiortc has no API for the msid track id; its SDP writer reads this sender field.
             transceiver.sender._track_id = cid
             self._transceivers[cid] = transceiver
             await self._renegotiate(pc, timeout_s)
+
+    def sending_codec(self, cid: str) -> str:
+        """The codec LiveKit's answer chose for the track added as ``cid`` (``video/H264``...); "" if none."""
+        transceiver = self._transceivers.get(cid)
+        pc = self._pc
+        if transceiver is None or pc is None or pc.remoteDescription is None:
+            return ""
+        for media in aiortc_sdp.SessionDescription.parse(pc.remoteDescription.sdp).media:
+            if media.rtp.muxId == transceiver.mid:
+                codecs = [c for c in media.rtp.codecs if not c.mimeType.lower().endswith("/rtx")]
+                return str(codecs[0].mimeType) if codecs else ""
+        return ""
 
     async def remove_track(self, cid: str, *, timeout_s: float) -> None:
         """Stop sending the track added as ``cid``: its m-line goes inactive (aiortc cannot remove it)."""

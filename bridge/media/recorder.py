@@ -1,10 +1,16 @@
 """Record received tracks to files without transcoding (``bridge.record_track`` / ``stop_recording``).
 
-The encoded frames :class:`~bridge.media.peer.MediaPeer` taps from aiortc (a raw opus packet or VP8
-frame, with an RTP timestamp counted from 0) are muxed into a container with PyAV as they are: no
-decoding, no encoding (research ``media-aiortc.md`` §2, §5.4). A recording
+The encoded frames :class:`~bridge.media.peer.MediaPeer` taps from aiortc (a raw opus packet, a VP8
+frame, or an H.264 access unit as Annex B NAL units, with an RTP timestamp counted from 0) are muxed
+into a container with PyAV as they are: no decoding, no encoding (research ``media-aiortc.md`` §2,
+§5.4). A recording
 
-* starts on a keyframe: VP8 frames are skipped until one arrives, and a PLI is sent to ask for it;
+* starts on a keyframe: video frames are skipped until one arrives, and a PLI is sent to ask for it.
+  For H.264 that is an IDR picture with its SPS/PPS (put in front from earlier frames if it lacks
+  them, :class:`~bridge.media.h264.ParameterSets`); the stream's extradata and picture size come from
+  them. FFmpeg's Matroska and MP4 muxers turn the Annex B packets into length-prefixed ones with an
+  ``avcC`` record; a ``.h264`` file is the raw Annex B stream (it has no timestamps: players assume
+  a frame rate);
 * ends after ``duration_s`` seconds of media (timestamps, not wall time), on ``stop_recording``, when
   the track's receiver stops, or when the room session ends; a ``RecordingFinished`` event follows;
 * has a bounded frame queue (``media.recording_queue_frames``): frames beyond it are dropped and
@@ -31,6 +37,7 @@ import av
 
 from bridge._proto import events_pb2
 from bridge.errors import RecordingRefused
+from bridge.media.h264 import ParameterSets, nal_units
 from bridge.media.peer import RemoteTrack
 from bridge.tasks import OwnedTasks
 
@@ -44,10 +51,12 @@ CONTAINERS: Final[dict[str, frozenset[str]]] = {
     ".opus": frozenset({"opus"}),
     ".mka": frozenset({"opus"}),
     ".webm": frozenset({"opus", "vp8"}),
-    ".mkv": frozenset({"opus", "vp8"}),
+    ".mkv": frozenset({"opus", "vp8", "h264"}),
+    ".mp4": frozenset({"h264"}),
     ".ivf": frozenset({"vp8"}),
+    ".h264": frozenset({"h264"}),
 }
-_KINDS: Final = {"opus": "audio", "vp8": "video"}
+_KINDS: Final = {"opus": "audio", "vp8": "video", "h264": "video"}
 CLOSE_TIMEOUT_S: Final = 5.0
 KEYFRAME_ASK_EVERY: Final = 15  # while waiting for a keyframe: one PLI per this many skipped frames
 
@@ -88,6 +97,7 @@ class Recording:
     queue: collections.deque[tuple[int, bytes, bool]] = field(default_factory=collections.deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    h264: ParameterSets = field(default_factory=ParameterSets)  # latest SPS/PPS (H.264 only)
     _container: Any = None
     _stream: Any = None
     _time_base: fractions.Fraction | None = None
@@ -130,6 +140,15 @@ class Recording:
                 stream = container.add_stream("opus", rate=self.clock_rate)
                 stream.codec_context.layout = "stereo" if self.channels == 2 else "mono"
                 stream.codec_context.extradata = opus_head(self.channels or 2, self.clock_rate)
+            elif self.codec == "h264":
+                stream = container.add_stream("h264")
+                sets = ParameterSets()  # from the first frame itself: it carries them (see _keyframe)
+                sets.observe(nal_units(first))
+                sps = sets.parsed()
+                if sps is not None:  # MP4 wants a video stream's size in its header
+                    stream.codec_context.width, stream.codec_context.height = sps.width, sps.height
+                # Annex B SPS/PPS: the muxers convert them (and the packets) to avcC / length prefixes.
+                stream.codec_context.extradata = sets.extradata()
             else:
                 stream = container.add_stream("vp8")
                 width, height = vp8_keyframe(first) or (0, 0)
@@ -147,6 +166,19 @@ class Recording:
         container, self._container = self._container, None
         if container is not None:
             container.close()
+
+
+def _keyframe(rec: Recording, codec: str, data: bytes) -> tuple[bool, bytes]:
+    """Whether ``data`` starts a decodable picture, and the bytes to write (H.264: the first IDR gets
+    the latest SPS/PPS in front when it lacks them)."""
+    if codec == "vp8":
+        return vp8_keyframe(data) is not None, data
+    if codec != "h264":
+        return True, data
+    if rec.first_ts is None:
+        complete = rec.h264.complete(data)
+        return (True, complete) if complete is not None else (False, data)
+    return rec.h264.observe(nal_units(data)), data
 
 
 class Recorder:
@@ -234,7 +266,7 @@ class Recorder:
                 return
             rec.codec, rec.clock_rate, rec.channels = name, int(codec.clockRate), int(codec.channels or 0)
         data = bytes(frame.data)
-        keyframe = name != "vp8" or vp8_keyframe(data) is not None
+        keyframe, data = _keyframe(rec, name, data)
         if rec.first_ts is None:
             if not keyframe:
                 rec.skipped += 1

@@ -207,6 +207,11 @@ class BridgeMetrics:
                 counts[f"frames:{kind}"] = media.frames_by_kind.get(kind, 0)
                 counts[f"bytes:{kind}"] = media.bytes_by_kind.get(kind, 0)
                 counts[f"dropped:{kind}"] = media.dropped_by_kind.get(kind, 0)
+                forwards = session.forwarder.stats
+                counts[f"fwd_frames:{kind}"] = forwards.frames_by_kind.get(kind, 0)
+                counts[f"fwd_packets:{kind}"] = forwards.packets_by_kind.get(kind, 0)
+                counts[f"fwd_bytes:{kind}"] = forwards.bytes_by_kind.get(kind, 0)
+                counts[f"fwd_dropped:{kind}"] = forwards.dropped_by_kind.get(kind, 0)
             counts["data_received"] = media.data_messages
             counts["data_sent"] = session.publisher.stats.data_sent
             counts["side_dropped"] = session.side_dropped
@@ -249,6 +254,36 @@ class BridgeMetrics:
                 "bridge_media_frames_dropped_total",
                 "Received frames a sink (a recording) dropped because its bounded queue was full, by kind.",
                 total(f"dropped:{kind}"),
+                labels,
+            )
+            out.gauge(
+                "bridge_forwards_active",
+                "Track forwards (RTP over UDP) running, by kind.",
+                sum(1 for s in live for f in s.forwarder.forwards.values() if f.kind == kind),
+                labels,
+            )
+            out.counter(
+                "bridge_forward_frames_total",
+                "Encoded frames forwarded as RTP over UDP, by kind.",
+                total(f"fwd_frames:{kind}"),
+                labels,
+            )
+            out.counter(
+                "bridge_forward_packets_total",
+                "RTP packets forwarded over UDP, by kind.",
+                total(f"fwd_packets:{kind}"),
+                labels,
+            )
+            out.counter(
+                "bridge_forward_sent_bytes_total",
+                "Bytes of the RTP packets forwarded over UDP (headers included), by kind.",
+                total(f"fwd_bytes:{kind}"),
+                labels,
+            )
+            out.counter(
+                "bridge_forward_packets_dropped_total",
+                "RTP packets a forward dropped because its bounded queue was full, by kind.",
+                total(f"fwd_dropped:{kind}"),
                 labels,
             )
         out.gauge(

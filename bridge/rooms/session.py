@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models, rtc
@@ -29,9 +30,10 @@ from bridge.events.mapping import EventMapper, TypeFilter
 from bridge.events.streams import TextStreamAssembler
 from bridge.media.forward import Forwarder, sdp_for, write_sdp
 from bridge.media.peer import MediaPeer, RemoteTrack
-from bridge.media.playback import FileAudioTrack, probe_audio
+from bridge.media.playback import PlaybackTrack, open_playback
 from bridge.media.publisher import PublisherPeer
 from bridge.media.recorder import Recorder
+from bridge.media.sources import redact_url, url_allowed
 from bridge.media.subscriptions import SubscriptionPolicy
 from bridge.rooms.state import RoomState
 from bridge.signaling.auth import mint_join_token
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S: Final = 5.0
 SIDE_QUEUE: Final = 4096  # data packets and gap reports waiting to be emitted, per room
 PUBLISH_TIMEOUT_S: Final = 10.0  # track_published, then the publisher PC's renegotiation
-_FORWARD_CODECS: Final = {"audio/opus": "opus", "video/vp8": "vp8"}
+_FORWARD_CODECS: Final = {"audio/opus": "opus", "video/vp8": "vp8", "video/h264": "h264"}
 _STREAM_PARTS: Final = frozenset({"stream_header", "stream_chunk", "stream_trailer"})
 Cause = events_pb2.RoomSnapshot.Cause
 
@@ -135,7 +137,7 @@ class RoomSession:
             on_encoded=self._on_encoded,
             on_track_ended=self._on_track_ended,
         )
-        self.published: dict[str, tuple[str, FileAudioTrack]] = {}  # track sid -> (cid, playing track)
+        self.published: dict[str, tuple[str, PlaybackTrack]] = {}  # track sid -> (cid, playing track)
         self._publishing: dict[str, asyncio.Future[rtc.SignalResponse]] = {}  # cid -> LiveKit's answer
         self.publisher = PublisherPeer(send=self._send_media, room=room)
         self.text_streams: TextStreamAssembler | None = None
@@ -249,7 +251,7 @@ class RoomSession:
         default = "opus" if info.type == models.AUDIO else "vp8"
         codec = _FORWARD_CODECS.get(info.mime_type.lower(), "" if info.mime_type else default)
         if not codec:
-            raise MediaRefused("unsupported", f"{info.mime_type} cannot be forwarded (opus and VP8 can)")
+            raise MediaRefused("unsupported", f"{info.mime_type} cannot be forwarded (opus, VP8, H.264 can)")
         fwd = await self.forwarder.start(msg.track_sid, msg.host, msg.port, codec, msg.payload_type)
         sdp = sdp_for(
             codec=codec,
@@ -273,19 +275,51 @@ class RoomSession:
         return sdp.encode()
 
     async def _publish_file(self, msg: commands_pb2.PublishTrack) -> bytes:
-        """``publish_track``: announce the track, wait for LiveKit, add it to the publisher PC."""
-        file = self._publish_file_path(msg.path)
+        """``publish_track``: open the file or URL, announce the track, wait for LiveKit, add it to the
+        publisher PC (negotiating the codec a pass-through track's packets are in)."""
+        if bool(msg.path) == bool(msg.url):
+            raise MediaRefused("invalid_path", "set exactly one of path and url")
+        if msg.kind not in ("", "audio", "video"):
+            raise MediaRefused("unsupported", f"kind must be audio, video or empty, not {msg.kind!r}")
+        if msg.url:
+            target, shown = self._publish_url(msg.url), redact_url(msg.url)
+        else:
+            target, shown = str(self._publish_file_path(msg.path)), msg.path
         if len(self.published) >= self._media_settings.max_published_tracks:
             raise MediaRefused("limit", f"{len(self.published)} tracks are published in this room")
+        track = await open_playback(target, url=bool(msg.url), shown=shown, kind=msg.kind, loop=msg.loop)
         try:
-            await asyncio.to_thread(probe_audio, file)
-        except ValueError as exc:
-            raise MediaRefused("invalid_path", f"{msg.path}: {exc}") from exc
-        cid = "BR_" + secrets.token_hex(6)
-        track = FileAudioTrack(file, loop=msg.loop, name=msg.name)
-        request = rtc.AddTrackRequest(
-            cid=cid, name=track.name, type=models.AUDIO, source=msg.source or models.MICROPHONE
+            info = await self._publish_track(track, msg)
+        except BaseException:
+            await track.aclose()
+            raise
+        log.info(
+            "room=%s publishing %s %s as track %s (%s, pass-through: %s)",
+            self.room,
+            track.kind,
+            shown,
+            info.sid,
+            self.publisher.sending_codec(self.published[info.sid][0]) or track.mime_type,
+            track.passthrough,
         )
+        return info.SerializeToString()
+
+    async def _publish_track(self, track: PlaybackTrack, msg: commands_pb2.PublishTrack) -> models.TrackInfo:
+        cid = "BR_" + secrets.token_hex(6)
+        name = msg.name or Path(msg.path or urlsplit(msg.url).path).stem
+        if track.kind == "video":
+            request = rtc.AddTrackRequest(
+                cid=cid,
+                name=name,
+                type=models.VIDEO,
+                source=msg.source or models.CAMERA,
+                width=track.stream.width,
+                height=track.stream.height,
+            )
+        else:
+            request = rtc.AddTrackRequest(
+                cid=cid, name=name, type=models.AUDIO, source=msg.source or models.MICROPHONE
+            )
         answer: asyncio.Future[rtc.SignalResponse] = asyncio.get_running_loop().create_future()
         self._publishing[cid] = answer
         try:
@@ -306,19 +340,23 @@ class RoomSession:
         info = response.track_published.track
         track.start()
         try:
-            await self.publisher.add_track(track, cid=cid, timeout_s=PUBLISH_TIMEOUT_S)
+            await self.publisher.add_track(
+                track, cid=cid, timeout_s=PUBLISH_TIMEOUT_S, mime_type=track.mime_type
+            )
         except NegotiationFailed as exc:
-            await track.aclose()
             raise MediaRefused("unavailable", str(exc)) from exc
         self.published[info.sid] = (cid, track)
-        log.info(
-            "room=%s publishing %s as track %s (pass-through: %s)",
-            self.room,
-            msg.path,
-            info.sid,
-            track.passthrough,
-        )
-        return info.SerializeToString()
+        return info
+
+    def _publish_url(self, url: str) -> str:
+        allow = self._media_settings.publish_url_allow
+        if not allow:
+            raise MediaRefused("not_allowed", "publishing from URLs is off: set media.publish_url_allow")
+        if not url_allowed(url, allow):
+            raise MediaRefused(
+                "not_allowed", f"{redact_url(url)} is not below a prefix in media.publish_url_allow"
+            )
+        return url
 
     def _publish_file_path(self, path: str) -> Path:
         root = self._media_settings.publish_dir

@@ -34,6 +34,12 @@ counted (:attr:`ParticipantMedia.received_frames`), and handed to ``on_track``. 
 :meth:`add_subscribed_track` accepts that ``TrackSource`` (each subscriber gets its own relay proxy)
 or a plain aiortc track, which then belongs to that one subscriber.
 
+Codecs. aiortc offers VP8 first, so a subscriber receives VP8 unless :meth:`add_subscribed_track` is
+given the track's codec (its ``TrackInfo.mime_type``, e.g. ``video/H264``): the sending transceiver
+then offers that codec only (``setCodecPreferences``, RTX kept), as LiveKit forwards the codec the
+publisher chose. aiortc's default codec of a kind (VP8, opus), or one it does not have, leaves the
+offer as it was.
+
 Every PC uses ``MAX_BUNDLE`` (aiortc's default BALANCED drops media of the 2nd+ m-line of a kind)
 and an empty ICE server list (aiortc otherwise adds a public STUN server). Negotiation on each PC
 is serialised by a lock; trickle candidates wait until that PC has a remote description.
@@ -68,6 +74,7 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpHeaderExtensionParameters,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
@@ -84,6 +91,7 @@ __all__ = [
     "MediaMode",
     "ParticipantMedia",
     "TrackSource",
+    "codec_preferences",
     "enable_simulcast_header_extensions",
     "parse_candidate_init",
     "rtc_configuration",
@@ -125,6 +133,20 @@ def enable_simulcast_header_extensions() -> None:
 def rtc_configuration() -> Any:
     """MAX_BUNDLE and no ICE servers: the only configuration the simulator may use."""
     return RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceServers=[])
+
+
+def codec_preferences(kind: str, mime_type: str) -> list[Any]:
+    """The codec capabilities a sending transceiver of ``kind`` should offer for ``mime_type``.
+
+    Empty (aiortc's default order) for no codec, aiortc's first codec of the kind (what it prefers
+    anyway) or a codec aiortc lacks; otherwise every profile of that codec followed by RTX.
+    """
+    codecs = RTCRtpSender.getCapabilities(kind).codecs
+    wanted = mime_type.lower()
+    chosen = [c for c in codecs if c.mimeType.lower() == wanted]
+    if not chosen or codecs[0].mimeType.lower() == wanted:
+        return []
+    return chosen + [c for c in codecs if c.mimeType.lower().endswith("/rtx")]
 
 
 def parse_candidate_init(candidate_init: str) -> Any | None:
@@ -237,6 +259,7 @@ class _Subscription:
     kind: str
     track: Any  # this subscriber's own track (a relay proxy or a dedicated track)
     transceiver: Any | None = None  # None: v1, still waiting for a recvonly slot
+    codec: str = ""  # mime type to prefer when offering (v0 only); "": aiortc's default
 
 
 @dataclass
@@ -437,14 +460,17 @@ class ParticipantMedia:
 
     # ------------------------------------------------------------------ outgoing tracks
 
-    async def add_subscribed_track(self, participant_sid: str, track_sid: str, track: Any) -> None:
-        """Send ``track`` (a :class:`TrackSource` or an aiortc track owned from now on) to the client."""
+    async def add_subscribed_track(
+        self, participant_sid: str, track_sid: str, track: Any, *, codec: str = ""
+    ) -> None:
+        """Send ``track`` (a :class:`TrackSource` or an aiortc track owned from now on) to the client;
+        ``codec``: the mime type to send it in (v0; see the module docstring), else aiortc's default."""
         if self._closed:
             return
         if track_sid in self._subs:
             await self.remove_subscribed_track(track_sid)
         own = track.subscribe() if isinstance(track, TrackSource) else track
-        sub = _Subscription(participant_sid, track_sid, str(own.kind), own)
+        sub = _Subscription(participant_sid, track_sid, str(own.kind), own, codec=codec)
         self._subs[track_sid] = sub
         if self.mode is MediaMode.SINGLE_PC:
             peer = self._pub
@@ -691,6 +717,9 @@ class ParticipantMedia:
             switch = _SwitchTrack(sub.kind)
             transceiver.sender.replaceTrack(switch)
         switch.set_source(sub.track)
+        if self.mode is MediaMode.DUAL_PC:
+            # Our own offer: the transceiver's preferences shape it (an idle one may carry old ones).
+            transceiver.setCodecPreferences(codec_preferences(sub.kind, sub.codec))
         # aiortc has no API for stream/track ids; its SDP writer reads these sender fields.
         transceiver.sender._stream_id = f"{sub.participant_sid}|{sub.track_sid}"
         transceiver.sender._track_id = sub.track_sid

@@ -359,7 +359,8 @@ class ClientSession:
             return
         first = not subscribers
         subscribers.add(self.participant.identity)
-        await self.media.add_subscribed_track(publisher.sid, track.sid, source)
+        # In the publisher's codec, as LiveKit forwards it (aiortc's default for VP8 / opus).
+        await self.media.add_subscribed_track(publisher.sid, track.sid, source, codec=track.mime_type)
         if first:
             publisher.deliver(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=track.sid)))
 

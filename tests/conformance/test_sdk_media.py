@@ -1,5 +1,5 @@
 """Media with the real LiveKit SDK on the other side: the bridge records the audio and VP8 video the SDK
-publishes, and the SDK hears what the bridge publishes from a file."""
+publishes, and the SDK hears and sees what the bridge publishes from files (opus, and VP8 passed through)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import av
 import pytest
+from livekit.protocol import models
 
 from bridge._proto import commands_pb2, events_pb2
 from bridge.app import Bridge
@@ -17,7 +18,7 @@ from bridge.bus.memory_commands import MemoryCommandSource
 from bridge.config import MediaSettings, SubscribeRule
 from support.bridge import bridge_settings
 from support.commands import memory_command_result
-from support.media_files import write_ogg_opus
+from support.media_files import write_ogg_opus, write_video
 from support.sdk import sdk_client
 from support.signal_client import make_token
 from support.simulator import running_sim
@@ -50,6 +51,7 @@ async def test_bridge_records_the_sdks_audio_and_video_and_the_sdk_hears_a_file(
     clips = tmp_path / "clips"
     clips.mkdir()
     await asyncio.to_thread(write_ogg_opus, clips / "tone.ogg", 2.0)
+    await asyncio.to_thread(write_video, clips / "bar.ivf", "libvpx", 2.0)
     async with (
         running_sim() as (server, _),
         sdk_client(server.url, make_token("sdk-user", ROOM), mode=mode) as sdk,
@@ -112,5 +114,19 @@ async def test_bridge_records_the_sdks_audio_and_video_and_the_sdk_hears_a_file(
                 within=30,
             )
             assert heard["kind"] == "audio"
+
+            publish = commands_pb2.PublishTrack(path="bar.ivf", name="bridge-bar", loop=True)
+            result = await memory_command_result(source, bus, ROOM, "bridge.publish_track", publish, "pub-v")
+            assert result.status == APPLIED, result
+            track = session.published[models.TrackInfo.FromString(result.response).sid][1]
+            assert (track.kind, track.passthrough) == ("video", True)
+            seen = await sdk.wait_for(
+                "frames",
+                where=lambda e: (
+                    e["participant"] == "livekit-bridge" and e["kind"] == "video" and e["count"] >= 25
+                ),
+                within=30,
+            )
+            assert seen["count"] >= 25
         finally:
             await bridge.aclose()

@@ -5,7 +5,11 @@
   and answers with an SDP description; ``stop_forward`` stops it; hosts outside ``media.forward_allow``
   are refused;
 - ``bridge.publish_track`` plays a file (opus in Ogg, passed through; a WAV, encoded) into the room and
-  the simulator receives its frames; ``unpublish_track`` stops it.
+  the simulator receives its frames; ``unpublish_track`` stops it;
+- video files too: VP8 (IVF, WebM) and H.264 (MP4, raw Annex B) are passed through on an m-line
+  negotiated for their codec and decode at the simulator, MPEG-4 is encoded to VP8; ``kind`` picks the
+  stream of a file with both; URLs below ``media.publish_url_allow`` (a local HTTP server) play, others
+  are refused, and no error or log line shows a URL's userinfo or query.
 """
 
 from __future__ import annotations
@@ -13,11 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import functools
+import http.server
 import itertools
+import logging
 import math
+import socket
 import struct
+import threading
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +45,7 @@ from bridge.sim.scenario import Scenario
 from bridge.sim.server import SimServer
 from support.bridge import bridge_environ
 from support.commands import memory_command_result
-from support.media_files import write_ogg_opus
+from support.media_files import HEIGHT, WIDTH, write_ogg_opus, write_video
 from support.simulator import running_sim
 from support.waiting import eventually
 
@@ -232,14 +241,210 @@ async def test_publish_refusals(tmp_path: Path) -> None:
     (tmp_path / "not-audio.ogg").write_bytes(b"nothing here")
     async with bridged(MediaSettings(publish_dir=tmp_path)) as (_, _, _, command):
         cases = [
-            ("../escape.ogg", "invalid_path"),
-            ("missing.ogg", "not_found"),
-            ("not-audio.ogg", "invalid_path"),
+            (commands_pb2.PublishTrack(path="../escape.ogg"), "invalid_path"),
+            (commands_pb2.PublishTrack(path="missing.ogg"), "not_found"),
+            (commands_pb2.PublishTrack(path="not-audio.ogg"), "invalid_path"),
+            # No media.publish_url_allow: every URL is refused, and never quoted with its secrets.
+            (commands_pb2.PublishTrack(url="https://u:pw@media.example.com/a.ogg?sig=zzz"), "not_allowed"),
         ]
-        for n, (path, code) in enumerate(cases):
-            result = await command("bridge.publish_track", commands_pb2.PublishTrack(path=path), f"pr-{n}")
-            assert (result.status, result.code) == (FAILED, code), (path, result)
+        for n, (msg, code) in enumerate(cases):
+            result = await command("bridge.publish_track", msg, f"pr-{n}")
+            assert (result.status, result.code) == (FAILED, code), (msg, result)
+            assert "pw" not in result.message
+            assert "zzz" not in result.message
         result = await command(
             "bridge.unpublish_track", commands_pb2.UnpublishTrack(track_sid="TR_x"), "pr-u"
         )
         assert (result.status, result.code) == (FAILED, "not_found")
+
+
+async def _frames_decoded(server: SimServer, cid: str, within: float = TIMEOUT) -> Any:
+    """A frame the simulator decoded from the bridge's track ``cid`` (after the ones already counted)."""
+    sim = server.session(ROOM, IDENTITY).media
+    await eventually(lambda: cid in sim.sources, within=within, what=f"the sim to receive {cid}")
+    proxy = sim.sources[cid].subscribe()
+    try:
+        return await asyncio.wait_for(proxy.recv(), within)
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("file", "codec", "mime", "passthrough"),
+    [
+        ("clip.ivf", "libvpx", "video/VP8", True),
+        ("clip.webm", "libvpx", "video/VP8", True),
+        ("clip.mp4", "libx264", "video/H264", True),
+        ("clip.h264", "libx264", "video/H264", True),
+        ("clip.mkv", "mpeg4", "video/VP8", False),  # decoded, and encoded by aiortc
+    ],
+)
+async def test_publish_track_plays_a_video_file(
+    tmp_path: Path, file: str, codec: str, mime: str, passthrough: bool
+) -> None:
+    await asyncio.to_thread(write_video, tmp_path / file, codec, 1.0)
+    async with bridged(MediaSettings(publish_dir=tmp_path)) as (server, _, bridge, command):
+        msg = commands_pb2.PublishTrack(path=file, loop=True)
+        result = await command("bridge.publish_track", msg, "pv-1")
+        assert result.status == APPLIED, result
+        info = models.TrackInfo.FromString(result.response)
+        assert (info.name, info.type, info.source) == ("clip", models.VIDEO, models.CAMERA)
+        assert (info.width, info.height) == (WIDTH, HEIGHT)
+        session = bridge.supervisor.sessions[ROOM]
+        cid, track = session.published[info.sid]
+        assert (track.kind, track.passthrough, track.mime_type) == ("video", passthrough, mime)
+        # The m-line carries the codec the packets are in (a VP8 file on an H.264 m-line is garbage).
+        assert session.publisher.sending_codec(cid) == mime
+        sim = server.session(ROOM, IDENTITY).media
+        frame = await _frames_decoded(server, cid)
+        assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+        assert sim.sources[cid].kind == "video"
+
+        # 1 s of file at 15 fps, looped: well past its end, every frame decoded by the sim.
+        await eventually(lambda: sim.received_frames[cid] >= 30, within=TIMEOUT, what="30 decoded frames")
+        start, t0 = sim.received_frames[cid], asyncio.get_running_loop().time()
+        await asyncio.sleep(1.0)
+        rate = (sim.received_frames[cid] - start) / (asyncio.get_running_loop().time() - t0)
+        assert 10 <= rate <= 20, rate
+        result = await command(
+            "bridge.unpublish_track", commands_pb2.UnpublishTrack(track_sid=info.sid), "pv-2"
+        )
+        assert result.status == APPLIED, result
+        assert track.readyState == "ended"
+
+
+async def test_publish_track_kind_picks_the_stream(tmp_path: Path) -> None:
+    await asyncio.to_thread(write_video, tmp_path / "both.webm", "libvpx", 1.0, with_audio=True)
+    await asyncio.to_thread(write_video, tmp_path / "silent.ivf", "libvpx", 1.0)
+    async with bridged(MediaSettings(publish_dir=tmp_path)) as (server, _, bridge, command):
+        session = bridge.supervisor.sessions[ROOM]
+        sim = server.session(ROOM, IDENTITY).media
+        published = {}
+        for n, kind in enumerate(["", "video"]):
+            msg = commands_pb2.PublishTrack(path="both.webm", kind=kind, loop=True)
+            result = await command("bridge.publish_track", msg, f"pk-{n}")
+            assert result.status == APPLIED, result
+            info = models.TrackInfo.FromString(result.response)
+            published[kind] = (info, *session.published[info.sid])
+        audio, audio_cid, audio_track = published[""]  # empty: the audio stream, since there is one
+        video, video_cid, video_track = published["video"]
+        assert (audio.type, audio.source, audio_track.mime_type) == (
+            models.AUDIO,
+            models.MICROPHONE,
+            "audio/opus",
+        )
+        assert (video.type, video.source, video_track.mime_type) == (models.VIDEO, models.CAMERA, "video/VP8")
+        assert session.publisher.sending_codec(audio_cid).lower() == "audio/opus"
+        assert session.publisher.sending_codec(video_cid) == "video/VP8"
+        await eventually(
+            lambda: (
+                sim.received_frames.get(audio_cid, 0) >= 50 and sim.received_frames.get(video_cid, 0) >= 15
+            ),
+            within=TIMEOUT,
+            what="audio and video frames of the same file",
+        )
+        assert (sim.sources[audio_cid].kind, sim.sources[video_cid].kind) == ("audio", "video")
+
+        refusals = [
+            (commands_pb2.PublishTrack(path="silent.ivf", kind="audio"), "invalid_path"),
+            (commands_pb2.PublishTrack(path="both.webm", kind="data"), "unsupported"),
+        ]
+        for n, (msg, code) in enumerate(refusals):
+            result = await command("bridge.publish_track", msg, f"pk-r{n}")
+            assert (result.status, result.code) == (FAILED, code), result
+        result = await command("bridge.publish_track", commands_pb2.PublishTrack(path="silent.ivf"), "pk-v")
+        assert result.status == APPLIED, result  # empty kind, no audio stream: the video
+        assert models.TrackInfo.FromString(result.response).type == models.VIDEO
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _http_server(root: Path) -> Iterator[http.server.ThreadingHTTPServer]:
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="clips-http", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+SECRETS = ("hunter2", "sekrit", "alice-user")
+
+
+async def test_publish_track_from_an_allowed_url(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "other").mkdir()
+    await asyncio.to_thread(write_video, tmp_path / "clips" / "clip.ivf", "libvpx", 1.0)
+    await asyncio.to_thread(write_video, tmp_path / "other" / "clip.ivf", "libvpx", 1.0)
+    with _http_server(tmp_path) as http_server:
+        base = f"http://127.0.0.1:{http_server.server_address[1]}"
+        media = MediaSettings(publish_dir=tmp_path, publish_url_allow=(f"{base}/clips/",))
+        async with bridged(media) as (server, _, bridge, command):
+            session = bridge.supervisor.sessions[ROOM]
+            sim = server.session(ROOM, IDENTITY).media
+            secret_url = f"http://alice-user:hunter2@127.0.0.1:{http_server.server_address[1]}"
+            url = f"{secret_url}/clips/clip.ivf?token=sekrit"
+            result = await command(
+                "bridge.publish_track", commands_pb2.PublishTrack(url=url, loop=True), "pu-1"
+            )
+            assert result.status == APPLIED, result
+            info = models.TrackInfo.FromString(result.response)
+            assert (info.type, info.name) == (models.VIDEO, "clip")
+            cid, track = session.published[info.sid]
+            assert track.passthrough
+            assert session.publisher.sending_codec(cid) == "video/VP8"
+            await eventually(lambda: sim.received_frames.get(cid, 0) >= 20, within=TIMEOUT, what="URL frames")
+
+            refusals = [
+                (commands_pb2.PublishTrack(url=f"{secret_url}/other/clip.ivf?token=sekrit"), "not_allowed"),
+                (
+                    commands_pb2.PublishTrack(url=f"{secret_url}/clips/../other/clip.ivf?t=sekrit"),
+                    "not_allowed",
+                ),
+                (commands_pb2.PublishTrack(url=f"{base}.evil.example/clips/clip.ivf"), "not_allowed"),
+                (commands_pb2.PublishTrack(url=f"{secret_url}/clips/missing.ivf?token=sekrit"), "not_found"),
+                (commands_pb2.PublishTrack(url=url, path="clips/clip.ivf"), "invalid_path"),  # both
+                (commands_pb2.PublishTrack(name="nothing"), "invalid_path"),  # neither
+            ]
+            for n, (msg, code) in enumerate(refusals):
+                result = await command("bridge.publish_track", msg, f"pu-r{n}")
+                assert (result.status, result.code) == (FAILED, code), (msg, result)
+                assert not any(secret in result.message for secret in SECRETS), result.message
+
+            # The server goes away: the next pass of the loop cannot open the URL, so the track ends.
+            http_server.shutdown()
+            http_server.server_close()
+            await eventually(lambda: track.readyState == "ended", within=TIMEOUT, what="the URL track to end")
+            assert track.error
+            ended = [r for r in caplog.records if r.getMessage().startswith("playback of")]
+            assert len(ended) == 1, ended
+    assert "127.0.0.1" in caplog.text  # the URL is logged, redacted
+    assert not any(secret in caplog.text for secret in SECRETS)
+
+
+async def test_publish_url_that_never_answers_times_out(tmp_path: Path) -> None:
+    # A listening socket nobody accepts from: the connection opens, no response ever comes.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        base = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        media = MediaSettings(publish_url_allow=(f"{base}/",))
+        async with bridged(media) as (_, _, bridge, command):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            msg = commands_pb2.PublishTrack(url=f"{base}/live.ivf?token=sekrit")
+            result = await command("bridge.publish_track", msg, "pt-1")
+            took = loop.time() - started
+            assert (result.status, result.code) == (FAILED, "timeout"), result
+            assert "sekrit" not in result.message
+            assert took < 12, took  # FFmpeg's 5 s socket timeout, the 10 s deadline at the latest
+            assert not bridge.supervisor.sessions[ROOM].published

@@ -129,6 +129,7 @@ Secrets are left out: they arrive as environment variables.
 {{- with $v.discovery.listRoomsIntervalSeconds }}{{ $_ := set $discovery "list_rooms_interval_s" . }}{{ end }}
 {{- $media := dict "subscribe" $v.media.subscribe }}
 {{- with $v.media.recordingsDir }}{{ $_ := set $media "recordings_dir" . }}{{ end }}
+{{- with $v.media.publishUrlAllow }}{{ $_ := set $media "publish_url_allow" . }}{{ end }}
 {{- $cfg := dict
   "livekit" $livekit
   "rooms" (dict "static" $v.rooms.static)

@@ -1,0 +1,186 @@
+"""The pure parts of ``bridge.publish_track``: which stream is published and how, which URLs are allowed,
+how a URL is shown, and the ``media.publish_url_allow`` setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.config import load_settings
+from bridge.errors import ConfigError, MediaRefused
+from bridge.media.playback import _ParameterSets
+from bridge.media.publisher import codec_preferences
+from bridge.media.sources import (
+    MediaInfo,
+    StreamInfo,
+    choose_kind,
+    open_source,
+    passthrough_codec,
+    redact_url,
+    url_allowed,
+)
+
+AUDIO = StreamInfo("audio", 0, "opus", channels=2)
+VIDEO = StreamInfo("video", 1, "h264", width=320, height=240)
+
+
+@pytest.mark.parametrize(
+    ("requested", "info", "expected"),
+    [
+        ("", MediaInfo(AUDIO, VIDEO), AUDIO),  # empty: audio when there is some
+        ("", MediaInfo(None, VIDEO), VIDEO),  # else the video
+        ("video", MediaInfo(AUDIO, VIDEO), VIDEO),
+        ("audio", MediaInfo(AUDIO, None), AUDIO),
+    ],
+)
+def test_choose_kind(requested: str, info: MediaInfo, expected: StreamInfo) -> None:
+    assert choose_kind(requested, info) is expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "info", "problem"),
+    [
+        ("audio", MediaInfo(None, VIDEO), "no audio stream"),
+        ("video", MediaInfo(AUDIO, None), "no video stream"),
+        ("", MediaInfo(None, None), "no audio or video stream"),
+        ("data", MediaInfo(AUDIO, VIDEO), "kind must be"),
+    ],
+)
+def test_choose_kind_refuses(requested: str, info: MediaInfo, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        choose_kind(requested, info)
+
+
+def test_passthrough_codecs() -> None:
+    assert passthrough_codec("audio", "opus") == "audio/opus"
+    assert passthrough_codec("video", "vp8") == "video/VP8"
+    assert passthrough_codec("video", "h264") == "video/H264"
+    for kind, codec in [("audio", "aac"), ("video", "vp9"), ("video", "mpeg4"), ("video", "opus")]:
+        assert passthrough_codec(kind, codec) is None
+
+
+def test_codec_preferences_name_one_codec_plus_rtx() -> None:
+    h264 = codec_preferences("video", "video/H264")
+    assert {c.mimeType for c in h264} == {"video/H264", "video/rtx"}
+    assert all(c.parameters["packetization-mode"] == "1" for c in h264 if c.mimeType == "video/H264")
+    assert [c.mimeType for c in codec_preferences("video", "video/VP8")] == ["video/VP8", "video/rtx"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://user:pass@media.example.com:8443/clips/a.mp4?sig=abc#t=3",
+            "https://media.example.com:8443/clips/a.mp4",
+        ),
+        ("rtsp://cam.local/stream1", "rtsp://cam.local/stream1"),
+        ("http://[::1]:8080/a.ivf?x=1", "http://[::1]:8080/a.ivf"),
+        ("srt://token@10.0.0.1:9000?passphrase=secret", "srt://10.0.0.1:9000"),
+        ("http://host:notaport/x?secret=1", "<unparseable URL>"),
+    ],
+)
+def test_redact_url_drops_userinfo_query_and_fragment(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+ALLOW = ("https://media.example.com/clips/", "rtsp://cam.local:8554", "http://127.0.0.1:8000/a")
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://media.example.com/clips/a.mp4", True),
+        ("https://user:pw@media.example.com/clips/sub/a.mp4?sig=1", True),  # credentials may be sent
+        ("HTTPS://media.example.com/clips/a.mp4", True),
+        ("https://media.example.com/clips", True),
+        ("rtsp://cam.local:8554/any/stream", True),
+        ("http://127.0.0.1:8000/a", True),
+        ("http://127.0.0.1:8000/a/b.ivf", True),
+        ("http://127.0.0.1:8000/ab.ivf", False),  # a path segment, not a string prefix
+        ("https://media.example.com/other/a.mp4", False),
+        ("https://media.example.com/clips/../secret.mp4", False),
+        ("https://media.example.com/clips/%2e%2e/secret.mp4", False),
+        ("https://media.example.com.evil.net/clips/a.mp4", False),
+        ("https://media.example.com@evil.net/clips/a.mp4", False),
+        ("http://media.example.com/clips/a.mp4", False),  # scheme
+        ("rtsp://cam.local/any/stream", False),  # port
+        ("http://127.0.0.1:8001/a", False),
+        ("clips/a.mp4", False),
+        ("http://127.0.0.1:bad/a", False),
+    ],
+)
+def test_url_allowed(url: str, allowed: bool) -> None:
+    assert url_allowed(url, ALLOW) is allowed
+
+
+def test_no_url_is_allowed_by_an_empty_list() -> None:
+    assert not url_allowed("https://media.example.com/clips/a.mp4", ())
+
+
+def _settings(tmp_path: Path, allow: object) -> object:
+    data = {
+        "livekit": {"url": "wss://lk.example.com", "api_key": "key", "api_secret": "sesame-secret"},
+        "media": {"publish_url_allow": allow},
+    }
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_settings(path, {})
+
+
+def test_publish_url_allow_setting(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, ["https://media.example.com/clips/", "rtmp://10.0.0.5/live"])
+    assert settings.media.publish_url_allow == ("https://media.example.com/clips/", "rtmp://10.0.0.5/live")  # type: ignore[attr-defined]
+    env = {
+        "BRIDGE_LIVEKIT__URL": "wss://lk.example.com",
+        "BRIDGE_LIVEKIT__API_KEY": "key",
+        "BRIDGE_LIVEKIT__API_SECRET": "sesame-secret",
+        "BRIDGE_MEDIA__PUBLISH_URL_ALLOW": "https://a.example/x, srt://b.example:9000",
+    }
+    assert load_settings(None, env).media.publish_url_allow == ("https://a.example/x", "srt://b.example:9000")
+    assert load_settings(None, env | {"BRIDGE_MEDIA__PUBLISH_URL_ALLOW": ""}).media.publish_url_allow == ()
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("media.example.com/clips", "needs a scheme and a host"),
+        ("file:///srv/clips", "needs a scheme and a host"),
+        ("https://user:pw@media.example.com/", "entry 1 has a user, password, query or fragment"),
+        ("https://media.example.com/?sig=1", "entry 1 has a user, password, query or fragment"),
+        ("https://media.example.com:99999/", "is not a URL"),
+    ],
+)
+def test_publish_url_allow_refuses_bad_entries(tmp_path: Path, entry: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as caught:
+        _settings(tmp_path, [entry])
+    assert caught.value.key == "media.publish_url_allow"
+    assert ":pw@" not in str(caught.value)
+    assert "sig=1" not in str(caught.value)
+
+
+def test_parameter_sets_go_in_front_of_an_idr_frame_without_them() -> None:
+    sps, pps = b"\x67\x42\xc0\x0c", b"\x68\xce\x3c\x80"
+    idr, slice_ = b"\x65\x88\x84\x00\x33", b"\x41\x9a\x38"
+    fix = _ParameterSets()
+    first = b"\x00\x00\x00\x01" + sps + b"\x00\x00\x01" + pps + b"\x00\x00\x00\x01" + idr
+    assert fix(first) == first  # has them already
+    assert fix(b"\x00\x00\x00\x01" + slice_) == b"\x00\x00\x00\x01" + slice_
+    later = b"\x00\x00\x00\x01" + idr
+    assert fix(later) == b"\x00\x00\x00\x01" + sps + b"\x00\x00\x00\x01" + pps + later
+
+
+def test_open_source_refusals_never_quote_the_url(tmp_path: Path) -> None:
+    # Nothing listens on port 9 of the loopback: FFmpeg's own message would quote the whole URL.
+    with pytest.raises(MediaRefused) as caught:
+        open_source("http://alice:pw1@127.0.0.1:9/a.ivf?token=sekrit", url=True, shown="shown-url")
+    assert caught.value.code == "unavailable"
+    assert str(caught.value) == "cannot open shown-url: Connection refused"
+    (tmp_path / "junk.ivf").write_bytes(b"not media")
+    with pytest.raises(MediaRefused) as caught:
+        open_source(str(tmp_path / "junk.ivf"), url=False, shown="junk.ivf")
+    assert caught.value.code == "invalid_path"
+    with pytest.raises(MediaRefused) as caught:
+        open_source(str(tmp_path / "missing.ivf"), url=False, shown="missing.ivf")
+    assert caught.value.code == "not_found"
