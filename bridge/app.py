@@ -110,6 +110,7 @@ class Bridge:
                 p,
                 capacity=settings.outbox.capacity,
                 overflow=settings.outbox.overflow,
+                batch_interval_s=settings.outbox.batch_interval_s,
                 on_drop=self._dropped,
                 on_recover=self._recovered,
             )

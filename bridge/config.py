@@ -307,9 +307,9 @@ class KafkaSettings(_Section):
     enable_idempotence: Flag = True
     acks: Literal["all", 0, 1] = "all"
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
-    # 0: each outbox batch goes to the broker at once. > 0: aiokafka holds a batch that long for more records
-    # (fuller batches with compression or many partitions, at the cost of that much latency).
-    linger_s: Annotated[float, Field(strict=True, ge=0, le=60, allow_inf_nan=False)] = 0.0
+    # How long aiokafka holds a partition's batch for more records before sending it. 0 sends each outbox
+    # batch at once; measured here, 5 ms gives fewer, fuller produce requests and more throughput under load.
+    linger_s: Annotated[float, Field(strict=True, ge=0, le=60, allow_inf_nan=False)] = 0.005
     security_protocol: Annotated[
         Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], BeforeValidator(_upper)
     ] = "PLAINTEXT"
@@ -433,6 +433,9 @@ class OutboxSettings(_Section):
 
     capacity: Count = 10_000  # events
     overflow: Literal["block", "drop_oldest"] = "block"
+    # Batches to a bus start at most this often (a full batch goes at once): fewer, fuller broker requests
+    # for at most this much added latency. 0 sends whatever is queued as soon as the last batch is confirmed.
+    batch_interval_s: Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)] = 0.002
 
 
 class LoggingSettings(_Section):

@@ -207,6 +207,9 @@ class SignalConnection:
                 open_timeout=self._open_timeout_s,
                 max_size=self.protocol.max_frame_bytes,
                 ping_interval=None,  # liveness is the protocol's ping_req/any-message rule
+                # Signal frames are small protobufs: per-message deflate costs CPU on both ends per frame
+                # and saves a few bytes. Not offered, so LiveKit sends them as they are.
+                compression=None,
                 close_timeout=2,
                 proxy=None,
             )

@@ -15,8 +15,9 @@ bus, from the same run:
   ``test_events_throughput``), which adds the simulator's send, the broker, the consumer and the
   scheduling of five processes on this machine's cores.
 
-Variants (parametrized): ``default`` (the bridge's defaults: Kafka ``linger_s`` 0, batches sent closed)
-and ``linger5`` (Kafka ``linger_s: 0.005``), to show what the Kafka producer's linger costs.
+Variants (parametrized): ``default`` (the bridge's defaults: batches start at most every
+``outbox.batch_interval_s`` = 2 ms, Kafka ``linger_s`` 0) and ``eager`` (``batch_interval_s: 0``: a batch
+of whatever is queued the moment the last one is confirmed), to show what pacing the batches buys.
 The numbers are printed and written as JSON to a temporary directory.
 """
 
@@ -52,7 +53,10 @@ GOAL_RATE, GOAL_S = 5000.0, 20.0
 GOAL_P99_MS: Final = 10.0
 JOIN_DEADLINE_S: Final = 60.0
 
-VARIANTS: Final[dict[str, dict[str, Any]]] = {"default": {}, "linger5": {"linger_s": 0.005}}
+VARIANTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
+    "default": {},
+    "eager": {"outbox": {"batch_interval_s": 0}},
+}
 
 # The bridge's shutdown line per bus (bridge.app.Bridge.aclose).
 ADDED: Final = re.compile(
@@ -152,7 +156,7 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
             "bootstrap_servers": [kafka.bootstrap],
             "events_topic": topic,
             "enable_idempotence": False,
-            **VARIANTS[variant],
+            **VARIANTS[variant].get("kafka", {}),
         }
         config.write_text(
             yaml.safe_dump(
@@ -167,6 +171,7 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
                     "kafka": kafka_section,
                     "nats": {"servers": [nats_server.url], "subject_prefix": prefix},
                     "logging": {"level": "INFO"},
+                    "outbox": VARIANTS[variant].get("outbox", {}),
                 }
             )
         )

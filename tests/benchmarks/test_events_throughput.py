@@ -89,6 +89,7 @@ PARTITIONS: Final = 6
 GOAL_RATE: Final = 5000.0
 GOAL_WINDOW_S: Final = 20.0
 WARMUP_RATE, WARMUP_S = 1000.0, 3.0
+IDLE_S: Final = 3.0
 STEP_RATES: Final = (8000.0, 10000.0, 12000.0, 14000.0, 16000.0, 20000.0)
 STEP_S: Final = 5.0
 DRAIN_S: Final = 2.0  # after each phase: let the pipeline empty before the next one
@@ -141,6 +142,7 @@ class Reference:
 class Results:
     phases: list[Phase] = field(default_factory=list)
     references: list[Reference] = field(default_factory=list)
+    idle_cpu_percent: float = 0.0  # the bridge with every room joined and nothing happening
     max_sustained_rate: float = 0.0
     max_sustained_phase: str = ""
     max_is_lower_bound: bool = False
@@ -181,6 +183,7 @@ def _table(r: Results) -> str:
         f"bridge max sustained: {r.max_sustained_rate:,.0f} events/s to each bus ({r.max_sustained_phase})"
         f"{bound}; bridge CPU ceiling ~{r.bridge_ceiling_per_core:,.0f} events/s per core"
     )
+    lines.append(f"bridge idle (all {ROOMS} rooms joined, no events): {r.idle_cpu_percent:.1f} % of one core")
     for ref in r.references:
         lines.append(
             f"reference {ref.name:>5}: {ref.events_per_s:>9,.0f} events/s to both buses "
@@ -736,6 +739,9 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
             for k, pid in (("tansu", kafka.pid), ("nats-server", nats_server.pid), ("consumer", consumer.pid))
             if pid is not None  # an external Kafka (BRIDGE_TEST_KAFKA_BOOTSTRAP) has no pid here
         }
+        c0, w0 = cpu_seconds(bridge.pid), time.monotonic()
+        time.sleep(IDLE_S)  # a measurement window: nothing is emitted
+        results.idle_cpu_percent = round(100 * (cpu_seconds(bridge.pid) - c0) / (time.monotonic() - w0), 1)
         windows: list[tuple[Phase, int, int]] = []
         for name, rate, seconds in [
             ("warmup", WARMUP_RATE, WARMUP_S),
