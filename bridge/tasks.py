@@ -43,3 +43,18 @@ class OwnedTasks:
         tasks = self.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
+
+
+async def wait_all_set(events: list[asyncio.Event], timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for every one of ``events`` to be set; False when time ran out.
+
+    Owners that end their work by asking (a reason, a wake-up) wait here before they cancel what is
+    left, so work that is finishing on its own gets to report its end.
+    """
+    if not events:
+        return True
+    try:
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in events)), timeout_s)
+    except TimeoutError:
+        return False
+    return True

@@ -174,6 +174,56 @@ class RecordingFinished(_message.Message):
     reason: str
     def __init__(self, track_sid: _Optional[str] = ..., path: _Optional[str] = ..., codec: _Optional[str] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., duration_s: _Optional[float] = ..., dropped: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class ForwardFinished(_message.Message):
+    __slots__ = ("track_sid", "codec", "host", "address", "port", "payload_type", "frames", "packets", "bytes", "dropped", "skipped", "duration_s", "reason")
+    TRACK_SID_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    track_sid: str
+    codec: str
+    host: str
+    address: str
+    port: int
+    payload_type: int
+    frames: int
+    packets: int
+    bytes: int
+    dropped: int
+    skipped: int
+    duration_s: float
+    reason: str
+    def __init__(self, track_sid: _Optional[str] = ..., codec: _Optional[str] = ..., host: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., payload_type: _Optional[int] = ..., frames: _Optional[int] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ..., dropped: _Optional[int] = ..., skipped: _Optional[int] = ..., duration_s: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PublishFinished(_message.Message):
+    __slots__ = ("track_sid", "kind", "source", "mime_type", "passthrough", "frames", "duration_s", "reason")
+    TRACK_SID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PASSTHROUGH_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    track_sid: str
+    kind: str
+    source: str
+    mime_type: str
+    passthrough: bool
+    frames: int
+    duration_s: float
+    reason: str
+    def __init__(self, track_sid: _Optional[str] = ..., kind: _Optional[str] = ..., source: _Optional[str] = ..., mime_type: _Optional[str] = ..., passthrough: bool = ..., frames: _Optional[int] = ..., duration_s: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class OwnershipChanged(_message.Message):
     __slots__ = ("room", "acquired", "mode", "replica", "fencing_token", "reason")
     ROOM_FIELD_NUMBER: _ClassVar[int]

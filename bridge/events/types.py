@@ -2,8 +2,8 @@
 
 - ``io.livekit.signal.<field>.v1``: one per ``SignalResponse`` oneof field (all 30, plumbing included);
 - ``io.livekit.data.<field>.v1``: one per ``DataPacket`` oneof field received on a data channel;
-- ``io.livekit.bridge.<name>.v1``: the bridge's own lifecycle, snapshot, gap, command results and room
-  ownership changes.
+- ``io.livekit.bridge.<name>.v1``: the bridge's own lifecycle, snapshot, gap, command results, the end
+  of recordings, forwards and published tracks, and room ownership changes.
 
 ``dataschema`` is a URN naming the data's protobuf message (``urn:livekit-bus-bridge:schema:<message>``),
 absolute and stable; ``schemas/`` documents each one. A LiveKit upgrade that adds a oneof variant makes
@@ -37,6 +37,8 @@ BRIDGE_EVENTS: Final[dict[str, str]] = {
     "command_result": "livekit.bridge.v1.CommandResult",
     "text_stream": "livekit.bridge.v1.TextStream",
     "recording_finished": "livekit.bridge.v1.RecordingFinished",
+    "forward_finished": "livekit.bridge.v1.ForwardFinished",
+    "publish_finished": "livekit.bridge.v1.PublishFinished",
     "ownership_changed": "livekit.bridge.v1.OwnershipChanged",
 }
 

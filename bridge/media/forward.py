@@ -26,6 +26,9 @@ which are resolved once when the forward starts); an empty list refuses every fo
 a bounded queue (``media.forward_queue_packets``) for the sender task; beyond it, and while the socket
 is paused by the kernel's buffer, they are dropped and counted (``Forward.dropped`` and the per-kind
 drop counter of the metrics). ICMP errors (nobody listening) are counted, not fatal.
+
+A forward ends on ``stop_forward``, when the track's receiver stops, when the room session ends, or on
+an error; whatever ended it, one ``ForwardFinished`` event follows, once its socket is closed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import logging
 import secrets
 import socket
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -47,11 +51,12 @@ import av
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
+from bridge._proto import events_pb2
 from bridge.errors import MediaRefused
 from bridge.media.h264 import ParameterSets
 from bridge.media.peer import RemoteTrack
 from bridge.media.recorder import vp8_keyframe
-from bridge.tasks import OwnedTasks
+from bridge.tasks import OwnedTasks, wait_all_set
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +153,7 @@ class _Sender(asyncio.DatagramProtocol):
 
 @dataclass
 class Forward:
-    """One track being forwarded; its counters are what ``stop_forward`` and the logs report."""
+    """One track being forwarded; its counters become the ``ForwardFinished`` event."""
 
     track_sid: str
     kind: str
@@ -157,6 +162,7 @@ class Forward:
     port: int
     payload_type: int
     capacity: int
+    host: str = ""  # as the command named it (``address`` is what it resolved to)
     ssrc: int = field(default_factory=lambda: secrets.randbits(32))
     sequence: int = field(default_factory=lambda: secrets.randbits(16))
     timestamp_offset: int = field(default_factory=lambda: secrets.randbits(32))
@@ -167,8 +173,11 @@ class Forward:
     dropped: int = 0  # packets the queue or a paused socket could not take
     skipped: int = 0  # video delta frames before the first keyframe
     reason: str = ""
+    began: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # monotonic time its socket was closed
     queue: collections.deque[bytes] = field(default_factory=collections.deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # closed and reported
     _payloader: Any = field(default=None, repr=False)
     h264: ParameterSets = field(default_factory=ParameterSets, repr=False)  # latest SPS/PPS seen
 
@@ -200,6 +209,24 @@ class Forward:
             out.append(header + payload)
         return out
 
+    def finished_event(self) -> events_pb2.ForwardFinished:
+        ended = time.monotonic() if self.ended is None else self.ended
+        return events_pb2.ForwardFinished(
+            track_sid=self.track_sid,
+            codec=self.codec,
+            host=self.host,
+            address=self.address,
+            port=self.port,
+            payload_type=self.payload_type,
+            frames=self.frames,
+            packets=self.packets,
+            bytes=self.sent_bytes,
+            dropped=self.dropped,
+            skipped=self.skipped,
+            duration_s=ended - self.began,
+            reason=self.reason,
+        )
+
 
 @dataclass
 class ForwardStats:
@@ -228,6 +255,7 @@ class Forwarder:
         queue_packets: int,
         request_keyframe: Callable[[str], bool],
         count_dropped: Callable[[RemoteTrack, int], None],
+        on_finished: Callable[[events_pb2.ForwardFinished], Awaitable[None]] | None = None,
     ) -> None:
         self._room = room
         self._allow = allow
@@ -235,6 +263,7 @@ class Forwarder:
         self._queue_packets = queue_packets
         self._request_keyframe = request_keyframe
         self._count_dropped = count_dropped
+        self._on_finished = on_finished
         self.forwards: dict[str, Forward] = {}  # track sid -> active forward
         self.stats = ForwardStats()
         self._transports: dict[str, Any] = {}
@@ -269,6 +298,7 @@ class Forwarder:
             track_sid=track_sid,
             kind=_KINDS[codec],
             codec=codec,
+            host=host,
             address=address,
             port=port,
             payload_type=payload_type or DEFAULT_PAYLOAD_TYPES[codec],
@@ -351,8 +381,17 @@ class Forwarder:
                     _add(self.stats.bytes_by_kind, fwd.kind, len(packet))
                 if fwd.reason:
                     break
+        except asyncio.CancelledError:
+            # Only past aclose's wait: the session is going, the event is lost with this task.
+            self._finish(fwd, "session_ended")
+            fwd.finished.set()
+            raise
+        except Exception as exc:  # noqa: BLE001 (a socket error ends this forward, not the room's others)
+            log.warning("room=%s forward %s failed: %s", self._room, fwd.track_sid, exc)
+            self._finish(fwd, f"error: {type(exc).__name__}: {exc}")
         finally:
             transport.close()
+            fwd.ended = time.monotonic()
             self._transports.pop(fwd.track_sid, None)
             if self.forwards.get(fwd.track_sid) is fwd:
                 del self.forwards[fwd.track_sid]
@@ -368,13 +407,20 @@ class Forwarder:
                 fwd.dropped,
                 protocol.errors,
             )
+        try:
+            if self._on_finished is not None:
+                await self._on_finished(fwd.finished_event())
+        finally:
+            fwd.finished.set()
 
     async def aclose(self) -> None:
-        """End every forward and close its socket."""
+        """End every forward, close its socket and report it, within ``CLOSE_TIMEOUT_S``."""
         self._closed = True
-        for fwd in list(self.forwards.values()):
+        waiting = list(self.forwards.values())
+        for fwd in waiting:
             self._finish(fwd, "session_ended")
-        await asyncio.sleep(0)
+        if not await wait_all_set([fwd.finished for fwd in waiting], CLOSE_TIMEOUT_S):
+            log.warning("room=%s forwards did not close within %.0fs", self._room, CLOSE_TIMEOUT_S)
         await self._tasks.aclose(CLOSE_TIMEOUT_S)
         for transport in list(self._transports.values()):
             transport.close()

@@ -5,7 +5,9 @@ each after a ``00 00 00 01`` start code (single NAL units, STAP-A and FU-A all c
 recording or a forward must begin on an IDR picture (NAL type 5) that a decoder can use, i.e. with the
 sequence and picture parameter sets (types 7 and 8) in or before it. WebRTC senders usually put them in
 front of every IDR, but not all do, so :class:`ParameterSets` remembers the latest ones seen and
-:meth:`ParameterSets.complete` puts them in front of an IDR that lacks them.
+:meth:`ParameterSets.complete` puts them in front of an IDR that lacks them. Playing a file into a
+room (:mod:`bridge.media.playback`) uses :meth:`ParameterSets.with_sets` on every frame it sends, so a
+subscriber joining late can decode from the next IDR.
 
 :func:`parse_sps` reads just enough of a sequence parameter set (ITU-T H.264 §7.3.2.1.1) for what a
 muxer or an SDP needs: profile, level and the cropped picture size. Everything here is pure.
@@ -216,6 +218,12 @@ class ParameterSets:
         kinds = {nal_type(unit) for unit in units}
         missing = [u for k, u in ((NAL_SPS, self.sps), (NAL_PPS, self.pps)) if k not in kinds]
         return annex_b(missing) + data if missing else data
+
+    def with_sets(self, data: bytes) -> bytes:
+        """``data`` with the latest SPS/PPS in front when it is an IDR access unit that lacks them;
+        otherwise ``data`` itself (a sender passes every frame on, a decoder joining late needs them)."""
+        complete = self.complete(data)
+        return data if complete is None else complete
 
     def parsed(self) -> Sps | None:
         """The latest SPS, parsed; None if there is none or it cannot be read."""

@@ -18,6 +18,11 @@ timestamps at 0 (a pass-through stream would jump back in time), and its stop jo
 event loop. Here one owned task reads in a worker thread, a batch at a time, into a bounded queue (it
 waits when the queue is full: the source is read no faster than it plays), timestamps keep growing
 across loops, and ``recv`` paces items on the wall clock without bursting to catch up after a stall.
+
+A track ends by itself when its source does (the end of the file without ``loop``, or a read error):
+``recv`` hands the last item over, then sets :attr:`PlaybackTrack.exhausted` and stops the track. Every
+stop, that one or :meth:`PlaybackTrack.aclose`, sets :attr:`PlaybackTrack.stopped`, so the session can
+unpublish a track that ended by itself.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from bridge.errors import MediaError, MediaRefused
+from bridge.media.h264 import ParameterSets, nal_units
 from bridge.media.sources import (
     ENCODED_MIME,
     StreamInfo,
@@ -55,8 +61,6 @@ OPEN_DEADLINE_S: Final = 10.0  # opening and probing a source, URLs included
 MAX_LAG_S: Final = 0.2  # a reader this far behind restarts the clock instead of bursting
 AUDIO_FRAME: Final = 960  # 20 ms at 48 kHz
 DEFAULT_FPS: Final = 25  # when the container says nothing (a raw .h264 stream)
-_START_CODE: Final = b"\x00\x00\x00\x01"
-_IDR, _SPS, _PPS = 5, 7, 8
 
 
 @dataclass(frozen=True)
@@ -78,39 +82,6 @@ _Item = tuple[int, int, Any]
 
 def _units(value: int, time_base: fractions.Fraction, rate: int) -> int:
     return int(value * time_base * rate)
-
-
-class _ParameterSets:
-    """Puts the last SPS and PPS seen in front of every IDR frame that comes without them."""
-
-    def __init__(self) -> None:
-        self._sps = b""
-        self._pps = b""
-
-    def __call__(self, data: bytes) -> bytes:
-        types = set()
-        for nal in _nal_units(data):
-            kind = nal[0] & 0x1F
-            types.add(kind)
-            if kind == _SPS:
-                self._sps = nal
-            elif kind == _PPS:
-                self._pps = nal
-        if _IDR in types and _SPS not in types and self._sps and self._pps:
-            return _START_CODE + self._sps + _START_CODE + self._pps + data
-        return data
-
-
-def _nal_units(data: bytes) -> Iterator[bytes]:
-    """The NAL units of an Annex B buffer, start codes (3 or 4 bytes) removed."""
-    start = data.find(b"\x00\x00\x01")
-    while start >= 0:
-        begin = start + 3
-        start = data.find(b"\x00\x00\x01", begin)
-        end = len(data) if start < 0 else start
-        nal = data[begin:end].rstrip(b"\x00") if start >= 0 else data[begin:end]
-        if nal:
-            yield nal
 
 
 class _Reader:
@@ -154,11 +125,11 @@ class _Reader:
         if stream.kind == "video":
             fps = self._stream.average_rate or self._stream.guessed_rate or DEFAULT_FPS
             self._frame_units = int(self.buffering.rate / fps)
-        self._h264 = _ParameterSets() if passthrough and stream.codec == "h264" else None
+        self._h264 = ParameterSets() if passthrough and stream.codec == "h264" else None
         extradata = bytes(self._stream.codec_context.extradata or b"")
         if self._h264 is not None and extradata.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
             # Annex B parameter sets out of band (RTSP's sprop-parameter-sets): remembered for the IDRs.
-            self._h264(extradata)
+            self._h264.observe(nal_units(extradata))
         self.items: Generator[tuple[float, Any]] = self._run()
 
     def read(self, count: int) -> list[tuple[float, Any] | None]:
@@ -205,7 +176,9 @@ class _Reader:
     def _packets(self) -> Iterator[_Item]:
         stream, rate = self._stream, self.buffering.rate
         # One filter per pass: after the flush at the end of the file it accepts nothing more.
-        bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", stream) if self._h264 else None
+        bsf = None
+        if self._h264 is not None:
+            bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", stream)
         following = 0  # for packets without timestamps (raw .h264): where the previous one ended
         for demuxed in self._container.demux(stream):
             for packet in bsf.filter(demuxed if demuxed.size else None) if bsf else [demuxed]:
@@ -218,7 +191,7 @@ class _Reader:
                 following = pts + duration
                 if self._h264 is not None:
                     data = bytes(packet)
-                    fixed = self._h264(data)
+                    fixed = self._h264.with_sets(data)
                     yield pts, duration, packet if fixed is data else av.Packet(fixed)
                 else:
                     yield pts, duration, packet
@@ -244,7 +217,8 @@ class PlaybackTrack(MediaStreamTrack):
 
     ``reopen`` opens the source again for the next pass of ``loop`` (in the worker thread). ``shown``
     names the source in logs (a redacted URL, or the path). ``start()`` before aiortc reads it;
-    ``aclose()`` when done, also when it was never started.
+    ``aclose()`` when done, also when it was never started. ``stopped`` is set when it stops for any
+    reason; ``exhausted`` is True when that was its source running out (``error`` says why, if it failed).
     """
 
     def __init__(
@@ -269,9 +243,13 @@ class PlaybackTrack(MediaStreamTrack):
         self._start: float | None = None
         self.sent = 0  # packets or frames handed to aiortc
         self.error: str = ""
+        self.exhausted = False
+        self.stopped = asyncio.Event()
+        self.started_at: float | None = None  # monotonic time of start()
 
     def start(self) -> None:
         if not len(self._tasks):
+            self.started_at = time.monotonic()
             self._tasks.spawn(self._fill(), name=f"playback:{self.shown}")
 
     async def _fill(self) -> None:
@@ -296,6 +274,7 @@ class PlaybackTrack(MediaStreamTrack):
             raise MediaStreamError
         item = await self._queue.get()
         if item is None:
+            self.exhausted = True
             self.stop()
             raise MediaStreamError
         seconds, data = item
@@ -305,12 +284,15 @@ class PlaybackTrack(MediaStreamTrack):
         wait = self._start + seconds - now
         if wait > 0:
             await asyncio.sleep(wait)
+            if self.readyState != "live":
+                raise MediaStreamError  # stopped while pacing: nothing more goes out, ``sent`` is final
         self.sent += 1
         return data
 
     def stop(self) -> None:
         super().stop()
         self._tasks.cancel()
+        self.stopped.set()
 
     async def aclose(self) -> None:
         self.stop()

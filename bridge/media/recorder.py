@@ -12,7 +12,8 @@ into a container with PyAV as they are: no decoding, no encoding (research ``med
   ``avcC`` record; a ``.h264`` file is the raw Annex B stream (it has no timestamps: players assume
   a frame rate);
 * ends after ``duration_s`` seconds of media (timestamps, not wall time), on ``stop_recording``, when
-  the track's receiver stops, or when the room session ends; a ``RecordingFinished`` event follows;
+  the track's receiver stops or the track leaves the room, or when the room session ends; a
+  ``RecordingFinished`` event follows;
 * has a bounded frame queue (``media.recording_queue_frames``): frames beyond it are dropped and
   counted (``RecordingFinished.dropped`` and the per-kind drop counter of the metrics).
 
@@ -39,7 +40,7 @@ from bridge._proto import events_pb2
 from bridge.errors import RecordingRefused
 from bridge.media.h264 import ParameterSets, nal_units
 from bridge.media.peer import RemoteTrack
-from bridge.tasks import OwnedTasks
+from bridge.tasks import OwnedTasks, wait_all_set
 
 log = logging.getLogger(__name__)
 
@@ -343,10 +344,6 @@ class Recorder:
         waiting = list(self.recordings.values())
         for rec in waiting:
             rec.finish(reason)
-        if waiting:
-            done = asyncio.gather(*(rec.finished.wait() for rec in waiting))
-            try:
-                await asyncio.wait_for(done, CLOSE_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("room=%s recordings did not close within %.0fs", self._room, CLOSE_TIMEOUT_S)
+        if not await wait_all_set([rec.finished for rec in waiting], CLOSE_TIMEOUT_S):
+            log.warning("room=%s recordings did not close within %.0fs", self._room, CLOSE_TIMEOUT_S)
         await self._tasks.aclose(CLOSE_TIMEOUT_S)

@@ -129,6 +129,7 @@ class RoomSession:
             queue_packets=self._media_settings.forward_queue_packets,
             request_keyframe=self._request_keyframe,
             count_dropped=self._count_dropped,
+            on_finished=self._forward_finished,
         )
         self.media = MediaPeer(
             send=self._send_media,
@@ -168,11 +169,8 @@ class RoomSession:
         try:
             await self.connection.run()
         finally:
-            await self.recorder.aclose()
-            await self.forwarder.aclose()
-            for _, playing in list(self.published.values()):
-                await playing.aclose()
-            self.published.clear()
+            # Normally done by _ended already; here for a run that ends without it (cancelled).
+            await self._end_media()
             await self._tasks.aclose(CLOSE_TIMEOUT_S)
             try:
                 # aiortc's close can wait forever on transports whose tasks were cancelled under it.
@@ -239,7 +237,10 @@ class RoomSession:
         if isinstance(message, commands_pb2.PublishTrack):
             return await self._publish_file(message)
         if isinstance(message, commands_pb2.UnpublishTrack):
-            await self._unpublish(message.track_sid)
+            entry = self.published.pop(message.track_sid, None)
+            if entry is None:
+                raise MediaRefused("not_found", f"the bridge does not publish a track {message.track_sid}")
+            await self._unpublish(message.track_sid, *entry, reason="unpublished")
             return b""
         raise RecordingRefused("unsupported", f"no media command {name}")
 
@@ -346,7 +347,23 @@ class RoomSession:
         except NegotiationFailed as exc:
             raise MediaRefused("unavailable", str(exc)) from exc
         self.published[info.sid] = (cid, track)
+        self._spawn(self._watch_playback(info.sid, track))
         return info
+
+    async def _watch_playback(self, track_sid: str, track: PlaybackTrack) -> None:
+        """Unpublish ``track`` when it ends by itself (end of file, source error), freeing its slot."""
+        await track.stopped.wait()
+        entry = self.published.get(track_sid)
+        if not track.exhausted or entry is None or entry[1] is not track:
+            return  # stopped by unpublish_track or the session's end: they report it
+        del self.published[track_sid]  # no await since the check: unpublish_track now finds nothing
+        reason = f"error: {track.error}" if track.error else "end_of_file"
+        log.info("room=%s published track %s ended (%s): unpublishing it", self.room, track_sid, reason)
+        try:
+            await self._unpublish(track_sid, entry[0], track, reason=reason)
+        except MediaRefused as exc:
+            # The track is stopped and its slot free either way; LiveKit ends it when the PC goes.
+            log.warning("room=%s could not unpublish ended track %s: %s", self.room, track_sid, exc)
 
     def _publish_url(self, url: str) -> str:
         allow = self._media_settings.publish_url_allow
@@ -372,18 +389,42 @@ class RoomSession:
             raise MediaRefused("not_found", f"no file {path} in media.publish_dir")
         return target
 
-    async def _unpublish(self, track_sid: str) -> None:
-        entry = self.published.pop(track_sid, None)
-        if entry is None:
-            raise MediaRefused("not_found", f"the bridge does not publish a track {track_sid}")
-        cid, track = entry
-        await track.aclose()
-        # Subscribers see it muted at once; the inactive m-line then ends it on LiveKit's side.
-        self.send_request(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid=track_sid, muted=True)))
+    async def _unpublish(
+        self, track_sid: str, cid: str, track: PlaybackTrack, *, reason: str, renegotiate: bool = True
+    ) -> None:
+        """Stop a track its caller took out of ``published`` (so exactly one caller gets here per track),
+        take it out of the publisher PC, and emit PublishFinished, also when that fails."""
         try:
-            await self.publisher.remove_track(cid, timeout_s=PUBLISH_TIMEOUT_S)
-        except NegotiationFailed as exc:
-            raise MediaRefused("unavailable", str(exc)) from exc
+            await track.aclose()
+            if renegotiate:
+                # Subscribers see it muted at once; the inactive m-line then ends it on LiveKit's side.
+                self.send_request(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid=track_sid, muted=True)))
+                try:
+                    await self.publisher.remove_track(cid, timeout_s=PUBLISH_TIMEOUT_S)
+                except NegotiationFailed as exc:
+                    raise MediaRefused("unavailable", str(exc)) from exc
+        finally:
+            started = track.started_at
+            finished = events_pb2.PublishFinished(
+                track_sid=track_sid,
+                kind=track.kind,
+                source=track.shown,  # the path, or the URL redacted (redact_url)
+                mime_type=track.mime_type,
+                passthrough=track.passthrough,
+                frames=track.sent,
+                duration_s=0.0 if started is None else time.monotonic() - started,
+                reason=reason,
+            )
+            await self._bridge_event("publish_finished", finished, subject=track_sid)
+
+    async def _end_media(self) -> None:
+        """End the recordings, forwards and published tracks; their events come before SessionEnded."""
+        await self.recorder.aclose()
+        await self.forwarder.aclose()
+        while self.published:
+            track_sid, (cid, track) = self.published.popitem()
+            # No renegotiation: the session is over, LiveKit drops its tracks with it.
+            await self._unpublish(track_sid, cid, track, reason="session_ended", renegotiate=False)
 
     def _track_info(self, track_sid: str) -> models.TrackInfo | None:
         for info in self.room_state.participants.values():
@@ -417,6 +458,9 @@ class RoomSession:
 
     async def _recording_finished(self, finished: events_pb2.RecordingFinished) -> None:
         await self._bridge_event("recording_finished", finished, subject=finished.track_sid)
+
+    async def _forward_finished(self, finished: events_pb2.ForwardFinished) -> None:
+        await self._bridge_event("forward_finished", finished, subject=finished.track_sid)
 
     def subscribe_tracks(self, track_sids: list[str]) -> bool:
         """Subscribe to these tracks now, whatever ``media.subscribe`` says (e.g. to record one)."""
@@ -478,6 +522,7 @@ class RoomSession:
         changed = self.room_state.apply(response)
         if changed and kind in ("join", "update", "room_moved"):
             self._subscribe_by_policy()
+            self._end_gone_tracks()
         if kind == "room_moved":
             moved_from, self.room = self.room, self.protocol.room_name
             self.connection.room = self.room
@@ -552,7 +597,7 @@ class RoomSession:
 
     async def _ended(self, event: Ended) -> None:
         self.ended = event
-        await self.recorder.aclose()  # its RecordingFinished events come before SessionEnded
+        await self._end_media()
         level = logging.WARNING if event.ownership_lost else logging.INFO
         log.log(
             level,
@@ -626,6 +671,15 @@ class RoomSession:
             if info.sid == participant_sid:
                 return info.identity
         return ""
+
+    def _end_gone_tracks(self) -> None:
+        """End the forwards and recordings of tracks that left the room. LiveKit only turns their m-line
+        inactive, and aiortc keeps such a receiver's track open: no frame and no end would come."""
+        present = {t.sid for p in self.room_state.participants.values() for t in p.tracks}
+        for sid in [s for s in self.forwarder.forwards if s not in present]:
+            self.forwarder.stop(sid, "track_ended")
+        for sid in [s for s in self.recorder.recordings if s not in present]:
+            self.recorder.stop(sid, "track_ended")
 
     def _subscribe_by_policy(self) -> None:
         """Subscribe to the tracks ``media.subscribe`` selects that are not subscribed yet."""

@@ -52,14 +52,18 @@ class MediaBridge:
 
 @contextlib.asynccontextmanager
 async def media_bridge(
-    room: str, media: MediaSettings, *, within: float = 20.0
+    room: str, media: MediaSettings, *, within: float = 20.0, can_publish: bool = False
 ) -> AsyncIterator[MediaBridge]:
-    """A simulator with ``alice`` in ``room`` and a bridge in it whose subscriber PC is connected."""
+    """A simulator with ``alice`` in ``room`` and a bridge in it whose subscriber PC is connected
+    (``can_publish``: its token lets it publish media, for ``bridge.publish_track``)."""
     async with running_sim(ice_servers=()) as (server, scenario):
         scenario.join(room, "alice")
         bus = InMemoryBus()
         source = MemoryCommandSource()
-        settings = load_settings(None, bridge_environ(server, room)).model_copy(update={"media": media})
+        environ = bridge_environ(server, room)
+        if can_publish:
+            environ["BRIDGE_LIVEKIT__CAN_PUBLISH"] = "true"
+        settings = load_settings(None, environ).model_copy(update={"media": media})
         bridge = Bridge(settings, publishers=[bus], command_sources=[source])
         await bridge.start()
         try:

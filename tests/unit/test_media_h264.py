@@ -131,6 +131,22 @@ def test_an_idr_without_parameter_sets_gets_the_latest_ones_in_front() -> None:
     assert ParameterSets().complete(own) == own
 
 
+def test_with_sets_passes_every_frame_on_and_completes_idrs_that_lack_sets() -> None:
+    # What playback does to each frame it sends: nothing is withheld, IDRs become decodable.
+    headers, idr, delta = encode(320, 240, 2, repeat_headers=False)[:3]
+    sets = ParameterSets()
+    assert sets.with_sets(idr) is idr  # nothing seen yet: passed on as it is
+    assert sets.with_sets(headers) is headers
+    assert sets.with_sets(delta) is delta
+    fixed = sets.with_sets(idr)
+    assert fixed.endswith(idr)
+    kinds = [nal_type(u) for u in nal_units(fixed)]
+    assert kinds[:2] == [NAL_SPS, NAL_PPS]
+    assert NAL_IDR in kinds
+    own = encode(320, 240, 1)[0]
+    assert ParameterSets().with_sets(own) is own
+
+
 def test_sdp_for_h264_names_the_payload_type_and_packetization_mode() -> None:
     sdp = sdp_for(
         codec="h264", address="127.0.0.1", port=5006, payload_type=102, channels=0, track_sid="TR_x"

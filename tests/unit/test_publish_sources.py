@@ -10,7 +10,7 @@ import yaml
 
 from bridge.config import load_settings
 from bridge.errors import ConfigError, MediaRefused
-from bridge.media.playback import _ParameterSets
+from bridge.media.h264 import ParameterSets
 from bridge.media.publisher import codec_preferences
 from bridge.media.sources import (
     MediaInfo,
@@ -163,7 +163,7 @@ def test_publish_url_allow_refuses_bad_entries(tmp_path: Path, entry: str, probl
 def test_parameter_sets_go_in_front_of_an_idr_frame_without_them() -> None:
     sps, pps = b"\x67\x42\xc0\x0c", b"\x68\xce\x3c\x80"
     idr, slice_ = b"\x65\x88\x84\x00\x33", b"\x41\x9a\x38"
-    fix = _ParameterSets()
+    fix = ParameterSets().with_sets  # what playback applies to every H.264 packet it sends
     first = b"\x00\x00\x00\x01" + sps + b"\x00\x00\x01" + pps + b"\x00\x00\x00\x01" + idr
     assert fix(first) == first  # has them already
     assert fix(b"\x00\x00\x00\x01" + slice_) == b"\x00\x00\x00\x01" + slice_

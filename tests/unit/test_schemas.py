@@ -275,6 +275,37 @@ def _realistic() -> list[tuple[str, Message]]:
             ),
         ),
         (
+            "io.livekit.bridge.forward_finished.v1",
+            events_pb2.ForwardFinished(
+                track_sid="TR_2",
+                codec="h264",
+                host="media.example.com",
+                address="10.0.0.7",
+                port=5004,
+                payload_type=102,
+                frames=30,
+                packets=140,
+                bytes=2**40,
+                dropped=2,
+                skipped=4,
+                duration_s=1.5,
+                reason="track_ended",
+            ),
+        ),
+        (
+            "io.livekit.bridge.publish_finished.v1",
+            events_pb2.PublishFinished(
+                track_sid="TR_3",
+                kind="video",
+                source="https://media.example.com/clip.mp4",
+                mime_type="video/H264",
+                passthrough=True,
+                frames=75,
+                duration_s=5.0,
+                reason="error: MediaError: the source changed",
+            ),
+        ),
+        (
             "io.livekit.bridge.ownership_changed.v1",
             events_pb2.OwnershipChanged(
                 room="standup",
