@@ -191,7 +191,12 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 class _SwitchTrack(MediaStreamTrack):
-    """A sender's permanent track; forwards frames of whichever source is set (none: it idles)."""
+    """A sender's permanent track; forwards frames of whichever source is set (none: it idles).
+
+    A source's ``recv()`` runs as a task raced against a source change, except for a source whose
+    ``returns_promptly`` attribute is true (opt-in, :class:`~bridge.sim.tracks.EncodedToneTrack`):
+    it is awaited directly, which saves a task and an ``asyncio.wait`` per frame.
+    """
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -226,6 +231,19 @@ class _SwitchTrack(MediaStreamTrack):
             source: Any = self._source
             if source is None:
                 await changed
+                continue
+            if getattr(source, "returns_promptly", False) and self._pending is None:
+                # Such a source (e.g. the pre-encoded tone) returns or ends within one frame period
+                # even after being swapped out and stopped, so it is awaited directly: no task and
+                # no asyncio.wait per frame. A frame of a source swapped meanwhile is dropped.
+                try:
+                    frame = await source.recv()
+                except MediaStreamError:
+                    if source is self._source:  # ended: idle until the next source
+                        self.set_source(None)
+                    continue
+                if source is self._source:
+                    return frame
                 continue
             if self._pending is None:
                 self._pending = asyncio.ensure_future(source.recv())

@@ -155,13 +155,19 @@ class Scenario:
         muted: bool = False,
         mime_type: str = "",
         synthetic: bool = True,
+        encoded: bool = False,
     ) -> str:
         """A simulated participant publishes a track (a tone or a test pattern): ``update`` for
-        everyone, and an ``offer`` to clients that auto-subscribe. Returns the track sid."""
+        everyone, and an ``offer`` to clients that auto-subscribe. Returns the track sid.
+
+        ``encoded`` (audio only): the tone is opus packets encoded once per process and only
+        packetized per subscriber (no encoder per track, one shared ticker), for load tests."""
         from bridge.sim.tracks import TrackSource  # aiortc media only when used
 
         p = self._participant(room, identity)
         is_audio = kind == "audio"
+        if encoded and not is_audio:
+            raise BadRequest("encoded: only audio tracks have a pre-encoded source")
         track = models.TrackInfo(
             sid=new_sid("TR_"),
             type=models.AUDIO if is_audio else models.VIDEO,
@@ -173,7 +179,10 @@ class Scenario:
             height=0 if is_audio else 240,
         )
         track.codecs.add(mime_type=track.mime_type, mid="")
-        media = (TrackSource.tone if is_audio else TrackSource.pattern)(track.sid) if synthetic else None
+        factory: Callable[[str], TrackSource] = TrackSource.pattern
+        if is_audio:
+            factory = TrackSource.encoded_tone if encoded else TrackSource.tone
+        media = factory(track.sid) if synthetic else None
         self._room(room).add_track(p, track, media)
         return track.sid
 

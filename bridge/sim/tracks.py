@@ -2,6 +2,11 @@
 
 * :class:`ToneTrack` — 48 kHz mono opus-friendly audio, 20 ms frames, a sine tone.
 * :class:`PatternTrack` — a small moving test pattern (default 320x240 at 15 fps).
+* :class:`EncodedToneTrack` — the same tone as opus packets encoded once per process (``av.Packet``,
+  which aiortc's sender only packetizes: no encoder per track), woken by one shared
+  :class:`_Ticker` per event loop instead of a timer per track. Opt-in (``TrackSource.encoded_tone``,
+  the scenario's ``publish(..., encoded=True)``), for load tests where the simulator's per-track
+  encoding, not the client under test, would be the limit.
 
 Both pace themselves on the wall clock like aiortc's dummy tracks, but never burst to catch up after
 nobody read them for a while (a simulated participant may be read only once someone subscribes).
@@ -32,7 +37,7 @@ from aiortc import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
-from av import AudioFrame, VideoFrame
+from av import AudioFrame, Packet, VideoFrame
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +104,157 @@ class ToneTrack(AudioStreamTrack):
         frame.sample_rate = AUDIO_RATE
         frame.time_base = fractions.Fraction(1, AUDIO_RATE)
         return frame
+
+
+class _Ticker:
+    """One task per event loop that paces every :class:`EncodedToneTrack` of a period.
+
+    The period is split into ``slots`` phases and each track is given one (round robin), so a few
+    hundred tracks send in small groups spread over the period rather than in one burst. A tick
+    resolves the future its slot's tracks are waiting on; the task runs while any track is
+    registered. Ticks are scheduled on the monotonic clock without drift; after a stall longer than
+    one period the schedule restarts (the missed ticks are skipped, not sent as a burst).
+    """
+
+    _by_loop: dict[asyncio.AbstractEventLoop, dict[float, _Ticker]] = {}
+
+    def __init__(self, period: float, slots: int) -> None:
+        self.period = period
+        self.slots = slots
+        self._waiters: list[list[asyncio.Future[None]]] = [[] for _ in range(slots)]
+        self._users = 0
+        self._next_slot = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def shared(cls, period: float, slots: int = 10) -> _Ticker:
+        loop = asyncio.get_running_loop()
+        tickers = cls._by_loop.setdefault(loop, {})
+        for stale in [other for other in cls._by_loop if other.is_closed()]:
+            del cls._by_loop[stale]
+        ticker = tickers.get(period)
+        if ticker is None:
+            ticker = tickers[period] = cls(period, slots)
+        return ticker
+
+    def register(self) -> int:
+        """A track starts using the ticker; returns its slot."""
+        self._users += 1
+        slot = self._next_slot
+        self._next_slot = (slot + 1) % self.slots
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-ticker")
+        return slot
+
+    def unregister(self) -> None:
+        self._users = max(0, self._users - 1)
+        if self._users == 0 and self._task is not None:
+            self._task.cancel()
+            self._task = None
+            waiters, self._waiters = self._waiters, [[] for _ in range(self.slots)]
+            for future in (f for slot in waiters for f in slot):
+                future.cancel()
+
+    def wait(self, slot: int) -> asyncio.Future[None]:
+        """A future resolved at ``slot``'s next tick. One per waiter: cancelling it (a reader that
+        gave up) must not cancel the others'."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[slot].append(future)
+        return future
+
+    async def _run(self) -> None:
+        step = self.period / self.slots
+        start = time.monotonic()
+        index = 0
+        while True:
+            due = start + index * step
+            now = time.monotonic()
+            if now - due > self.period:
+                # Stalled (a GC pause, a busy loop): skip the missed ticks. Firing them all at once
+                # would send every track's packet in one burst; the tracks keep their pts sequence.
+                start, due = now - index * step, now
+            if due > now:
+                await asyncio.sleep(due - now)
+            slot = index % self.slots
+            waiters, self._waiters[slot] = self._waiters[slot], []
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+            index += 1
+
+
+@functools.lru_cache(maxsize=8)
+def _opus_second(frequency: int, amplitude: float) -> tuple[bytes, ...]:
+    """One second (50 packets of 20 ms) of the tone, encoded once with aiortc's own opus encoder."""
+    from aiortc.codecs.opus import OpusEncoder
+
+    tone = _tone_second(frequency, amplitude)
+    samples = int(AUDIO_RATE * AUDIO_PTIME)
+    count = len(tone) // (samples * 2)
+    encoder = OpusEncoder()
+    payloads: list[bytes] = []
+    index = 0
+    while len(payloads) < count:  # the encoder may hold the first frame back (look-ahead)
+        offset = (index % count) * samples * 2
+        frame = AudioFrame(format="s16", layout="mono", samples=samples)
+        frame.planes[0].update(tone[offset : offset + samples * 2])
+        frame.pts = index * samples
+        frame.sample_rate = AUDIO_RATE
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        encoded, _ = encoder.encode(frame)
+        payloads += encoded
+        index += 1
+    return tuple(payloads[:count])
+
+
+class EncodedToneTrack(MediaStreamTrack):
+    """The tone as pre-encoded opus: one ``av.Packet`` per 20 ms, pts in samples (time base 1/48000).
+
+    Every track of a process loops the same packets; only the pts is the track's own. An aiortc
+    sender packetizes such packets as they are (no encoder runs). Paced by the shared
+    :class:`_Ticker`: a reader that falls behind gets the next packet at the next tick, never a burst.
+    """
+
+    kind = "audio"
+    # recv() returns within one period, or raises once stopped: a forwarding track may await it
+    # directly (bridge.sim.media._SwitchTrack) instead of racing a task against source changes.
+    returns_promptly = True
+
+    def __init__(self, frequency: int = 440, amplitude: float = 0.3) -> None:
+        super().__init__()
+        self.frequency = frequency
+        self._packets = _opus_second(frequency, amplitude)
+        self._samples = int(AUDIO_RATE * AUDIO_PTIME)
+        self._time_base = fractions.Fraction(1, AUDIO_RATE)
+        self._ticker: _Ticker | None = None
+        self._slot = 0
+        self._index = 0
+
+    async def recv(self) -> Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._ticker is None:
+            self._ticker = _Ticker.shared(AUDIO_PTIME)
+            self._slot = self._ticker.register()
+        else:
+            try:
+                await self._ticker.wait(self._slot)
+            except asyncio.CancelledError:
+                if self.readyState != "live":  # the ticker stopped because this track did
+                    raise MediaStreamError from None
+                raise
+            if self.readyState != "live":
+                raise MediaStreamError
+        index, self._index = self._index, self._index + 1
+        packet = Packet(self._packets[index % len(self._packets)])
+        packet.pts = index * self._samples
+        packet.time_base = self._time_base
+        return packet
+
+    def stop(self) -> None:
+        if self.readyState == "live" and self._ticker is not None:
+            self._ticker.unregister()
+        super().stop()
 
 
 class PatternTrack(VideoStreamTrack):
@@ -172,6 +328,11 @@ class TrackSource:
         return cls(track_id, ToneTrack(frequency), consume=False)
 
     @classmethod
+    def encoded_tone(cls, track_id: str, frequency: int = 440) -> TrackSource:
+        """A synthetic audio source of pre-encoded opus (see :class:`EncodedToneTrack`)."""
+        return _EncodedToneSource(track_id, frequency)
+
+    @classmethod
     def pattern(cls, track_id: str, width: int = 320, height: int = 240, fps: int = 15) -> TrackSource:
         """A synthetic video source; not drained while nobody subscribes."""
         return cls(track_id, PatternTrack(width, height, fps), consume=False)
@@ -213,3 +374,28 @@ class TrackSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.ended.set()
+
+
+class _EncodedToneSource(TrackSource):
+    """:meth:`TrackSource.encoded_tone`: each subscriber gets its own :class:`EncodedToneTrack`.
+
+    The packets and the ticker are shared anyway, so a relay (a task and a queue per subscriber,
+    and a task switch per frame) would only add cost.
+    """
+
+    def __init__(self, track_id: str, frequency: int) -> None:
+        super().__init__(track_id, EncodedToneTrack(frequency), consume=False)
+        self.frequency = frequency
+        self._handed_out: list[EncodedToneTrack] = []
+
+    def subscribe(self) -> MediaStreamTrack:
+        self._handed_out = [t for t in self._handed_out if t.readyState == "live"]
+        track = EncodedToneTrack(self.frequency)
+        self._handed_out.append(track)
+        return track
+
+    async def aclose(self) -> None:
+        for track in self._handed_out:
+            track.stop()
+        self._handed_out.clear()
+        await super().aclose()
