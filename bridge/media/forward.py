@@ -272,8 +272,9 @@ class Forwarder:
 
     async def start(self, track_sid: str, host: str, port: int, codec: str, payload_type: int = 0) -> Forward:
         """Begin forwarding ``track_sid`` (its ``codec``: "opus" / "vp8" / "h264") to ``host``:``port``."""
-        if self._closed:
-            raise MediaRefused("unavailable", "the room session is closing")
+        refusal = self._refusal(track_sid)
+        if refusal is not None:
+            raise refusal
         if not self._allow:
             raise MediaRefused("not_allowed", "forwarding is off: set media.forward_allow")
         if codec not in DEFAULT_PAYLOAD_TYPES:
@@ -282,10 +283,6 @@ class Forwarder:
             raise MediaRefused("invalid_target", "host and a port between 1 and 65535 are required")
         if payload_type and not 96 <= payload_type <= 127:
             raise MediaRefused("invalid_target", "payload_type must be a dynamic type (96-127)")
-        if track_sid in self.forwards:
-            raise MediaRefused("busy", f"track {track_sid} is being forwarded already")
-        if len(self.forwards) >= self._max:
-            raise MediaRefused("limit", f"{self._max} forwards are running in this room")
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -308,6 +305,11 @@ class Forwarder:
             transport, protocol = await loop.create_datagram_endpoint(_Sender, remote_addr=(address, port))
         except OSError as exc:
             raise MediaRefused("invalid_target", f"cannot send to {address}:{port}: {exc}") from exc
+        # The checks above were before two awaits: the session may have closed, or another start won.
+        refusal = self._refusal(track_sid)
+        if refusal is not None:
+            transport.close()
+            raise refusal
         self.forwards[track_sid] = fwd
         self._transports[track_sid] = transport
         self.stats.started += 1
@@ -316,6 +318,15 @@ class Forwarder:
             self._request_keyframe(track_sid)  # False until the track arrives: asked again on delta frames
         log.info("room=%s forwarding %s (%s) to %s:%d", self._room, track_sid, codec, address, port)
         return fwd
+
+    def _refusal(self, track_sid: str) -> MediaRefused | None:
+        if self._closed:
+            return MediaRefused("unavailable", "the room session is closing")
+        if track_sid in self.forwards:
+            return MediaRefused("busy", f"track {track_sid} is being forwarded already")
+        if len(self.forwards) >= self._max:
+            return MediaRefused("limit", f"{self._max} forwards are running in this room")
+        return None
 
     def stop(self, track_sid: str, reason: str = "stopped") -> Forward:
         fwd = self.forwards.get(track_sid)

@@ -138,6 +138,8 @@ def parse_sps(unit: bytes) -> Sps:
     if nal_type(unit) != NAL_SPS or len(unit) < 4:
         raise ValueError("not an SPS NAL unit")
     rbsp = _rbsp(unit)
+    if len(rbsp) < 3:  # emulation-prevention bytes removed, less than the profile and level may be left
+        raise ValueError("SPS ends early")
     profile, flags, level = rbsp[0], rbsp[1], rbsp[2]
     bits = _Bits(rbsp[3:])
     bits.ue()  # seq_parameter_set_id

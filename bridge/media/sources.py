@@ -40,11 +40,14 @@ _PASSTHROUGH: Final = {
 }
 # What aiortc encodes everything else to.
 ENCODED_MIME: Final = {"audio": "audio/opus", "video": "video/VP8"}
-# Protocols FFmpeg may use for a URL, nested ones included (HLS segments, RTSP's RTP): never local
-# files or pipes, which an allowed playlist could otherwise point at.
-_NETWORK_PROTOCOLS: Final = (
-    "http,https,tls,tcp,udp,crypto,hls,rtp,srtp,rtsp,rtsps,rtmp,rtmps,rtmpt,rtmpts,srt,mmsh,mmst"
-)
+# Protocols FFmpeg may use for a URL, nested ones included (RTSP's RTP): never local files or pipes.
+_NETWORK_PROTOCOLS: Final = "http,https,tls,tcp,udp,rtp,srtp,rtsp,rtsps,rtmp,rtmps,rtmpt,rtmpts,srt"
+# Demuxers FFmpeg may pick, for files and URLs alike: media containers and live protocols that carry
+# the media themselves. Not playlists or manifests (hls, dash, concat, sdp, ...): those open further
+# URLs or files that the allow-list (or publish_dir) never saw, e.g. a segment at an internal address.
+_FORMATS: Final = "ogg,matroska,webm,mov,mp4,ivf,h264,hevc,wav,flac,mp3,aac,flv,mpegts,avi,mjpeg,rtsp"
+# Ports a URL may leave out: "https://h/" and "https://h:443/" name the same place.
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443}
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,15 @@ def url_allowed(url: str, prefixes: tuple[str, ...]) -> bool:
     segments = unquote(parts.path).split("/")
     if "." in segments or ".." in segments:
         return False
+    scheme = parts.scheme.lower()
+    port = port if port is not None else _DEFAULT_PORTS.get(scheme)
     for prefix in prefixes:
         allowed = urlsplit(prefix)
+        allowed_scheme = allowed.scheme.lower()
         if (
-            allowed.scheme.lower() == parts.scheme.lower()
+            allowed_scheme == scheme
             and allowed.hostname == parts.hostname
-            and allowed.port == port
+            and (allowed.port if allowed.port is not None else _DEFAULT_PORTS.get(allowed_scheme)) == port
             and _path_below(parts.path, allowed.path)
         ):
             return True
@@ -123,16 +129,19 @@ def _path_below(path: str, root: str) -> bool:
 def open_source(target: str, *, url: bool, shown: str) -> Any:
     """Open ``target`` (a path or a URL) for reading; the caller closes the container.
 
-    URLs get FFmpeg's socket timeouts (microseconds) and PyAV's own open/read deadline, and may only use
-    network protocols. Raises :class:`MediaRefused` naming the source as ``shown`` (for a URL: redacted;
-    FFmpeg's own message quotes the whole URL, so it is never used).
+    URLs get FFmpeg's socket timeouts (microseconds) and PyAV's own open/read deadline, may only use
+    network protocols and are not redirected; files and URLs alike may only be media containers (no
+    playlist or manifest that would open further sources). Raises :class:`MediaRefused` naming the
+    source as ``shown`` (for a URL: redacted; FFmpeg's own message quotes the whole URL, so it is never
+    used).
     """
     name = shown
-    options: dict[str, str] = {}
+    options: dict[str, str] = {"format_whitelist": _FORMATS}
     timeout: tuple[float, float] | None = None
     if url:
         micros = str(int(OPEN_TIMEOUT_S * 1_000_000))
-        options = {"rw_timeout": micros, "protocol_whitelist": _NETWORK_PROTOCOLS}
+        # No redirects: the allow-list checked this URL, not wherever a server would send FFmpeg next.
+        options |= {"rw_timeout": micros, "protocol_whitelist": _NETWORK_PROTOCOLS, "max_redirects": "0"}
         # RTMP's "timeout" is a listen timeout: it would turn the client into a server.
         if urlsplit(target).scheme.lower() not in ("rtmp", "rtmps", "rtmpt", "rtmpts"):
             options["timeout"] = micros

@@ -303,3 +303,13 @@ async def test_an_h264_offer_passes_the_bridges_pre_check_untouched() -> None:
     check = check_offer(offer)
     assert not check.unsupported
     assert check.sdp == offer
+
+
+def test_a_truncated_sps_is_a_value_error_and_parsed_gives_none() -> None:
+    # 00 00 03 is an emulation-prevention sequence: the RBSP is shorter than the NAL unit.
+    unit = bytes([0x67, 0x00, 0x00, 0x03])
+    with pytest.raises(ValueError, match="SPS"):
+        parse_sps(unit)
+    sets = ParameterSets()
+    sets.observe([unit])
+    assert sets.parsed() is None

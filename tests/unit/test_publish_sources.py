@@ -3,7 +3,10 @@ how a URL is shown, and the ``media.publish_url_allow`` setting."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,6 +24,7 @@ from bridge.media.sources import (
     redact_url,
     url_allowed,
 )
+from support.media_files import write_ogg_opus
 
 AUDIO = StreamInfo("audio", 0, "opus", channels=2)
 VIDEO = StreamInfo("video", 1, "h264", width=320, height=240)
@@ -109,6 +113,9 @@ ALLOW = ("https://media.example.com/clips/", "rtsp://cam.local:8554", "http://12
         ("http://127.0.0.1:8001/a", False),
         ("clips/a.mp4", False),
         ("http://127.0.0.1:bad/a", False),
+        ("https://media.example.com:443/clips/a.mp4", True),  # the default port, spelled out
+        ("https://media.example.com:8443/clips/a.mp4", False),
+        ("rtsp://cam.local:554/any/stream", False),
     ],
 )
 def test_url_allowed(url: str, allowed: bool) -> None:
@@ -184,3 +191,46 @@ def test_open_source_refusals_never_quote_the_url(tmp_path: Path) -> None:
     with pytest.raises(MediaRefused) as caught:
         open_source(str(tmp_path / "missing.ivf"), url=False, shown="missing.ivf")
     assert caught.value.code == "not_found"
+
+
+def test_playlists_are_refused_even_inside_publish_dir(tmp_path: Path) -> None:
+    # An HLS playlist would make FFmpeg open whatever it lists (files elsewhere, internal URLs).
+    write_ogg_opus(tmp_path / "a.ogg", 0.2)
+    (tmp_path / "list.m3u8").write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.2,\na.ogg\n#EXT-X-ENDLIST\n"
+    )
+    open_source(str(tmp_path / "a.ogg"), url=False, shown="a.ogg").close()
+    with pytest.raises(MediaRefused) as caught:
+        open_source(str(tmp_path / "list.m3u8"), url=False, shown="list.m3u8")
+    assert caught.value.code == "invalid_path"
+
+
+def test_redirects_are_not_followed(tmp_path: Path) -> None:
+    write_ogg_opus(tmp_path / "a.ogg", 0.2)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def do_GET(self) -> None:
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "/a.ogg")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        open_source(f"{base}/a.ogg", url=True, shown="a.ogg").close()  # the server works
+        with pytest.raises(MediaRefused):
+            open_source(f"{base}/moved", url=True, shown="moved")
+    finally:
+        server.shutdown()
+        server.server_close()
