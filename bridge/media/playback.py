@@ -15,9 +15,18 @@ audio or video, from one stream of a container :mod:`bridge.media.sources` opene
 Timestamps are in the RTP clock of the kind (1/48000, 1/90000). Why not
 ``aiortc.contrib.media.MediaPlayer``: its queue is fed by a thread of its own, its ``loop`` restarts
 timestamps at 0 (a pass-through stream would jump back in time), and its stop joins that thread on the
-event loop. Here one owned task reads in a worker thread, a batch at a time, into a bounded queue (it
-waits when the queue is full: the source is read no faster than it plays), timestamps keep growing
-across loops, and ``recv`` paces items on the wall clock without bursting to catch up after a stall.
+event loop. Here one owned task reads in a worker thread, a batch at a time (one item at a time from a
+URL), into a bounded queue (it waits when the queue is full: the source is read no faster than it
+plays), timestamps keep growing across loops, and ``recv`` paces items on the wall clock without
+bursting to catch up after a stall.
+
+Opens, reads and closes run on playback's own bounded pool of daemon threads (:data:`MAX_THREADS`), never
+on the event loop's default executor: a read of a live URL blocks until its next packet arrives (up to
+FFmpeg's socket timeout), and an open that missed its deadline keeps its thread until FFmpeg gives up.
+On the default executor (``min(32, cpus + 4)`` threads) a few such tracks would starve aiortc's
+encoders and the recorder's writes, which share it. The threads are daemons, never joined: a thread
+blocked in FFmpeg cannot be interrupted, and neither the event loop's shutdown nor the process's exit
+waits for it.
 
 A track ends by itself when its source does (the end of the file without ``loop``, or a read error):
 ``recv`` hands the last item over, then sets :attr:`PlaybackTrack.exhausted` and stops the track. Every
@@ -28,8 +37,11 @@ unpublish a track that ended by itself.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fractions
+import itertools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -55,17 +67,94 @@ from bridge.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PlaybackTrack", "open_playback"]
+__all__ = ["PlaybackTrack", "open_playback", "playback_threads"]
 
 OPEN_DEADLINE_S: Final = 10.0  # opening and probing a source, URLs included
 MAX_LAG_S: Final = 0.2  # a reader this far behind restarts the clock instead of bursting
 AUDIO_FRAME: Final = 960  # 20 ms at 48 kHz
 DEFAULT_FPS: Final = 25  # when the container says nothing (a raw .h264 stream)
+# Playback's worker threads, shared by every track of the process (see the module docstring). Enough
+# for the live URL tracks of a busy process, each holding a thread while it waits for its next packet;
+# beyond it reads wait in line rather than take threads from aiortc's encoders.
+MAX_THREADS: Final = 16
+
+
+class _PlaybackThreads(concurrent.futures.Executor):
+    """A bounded pool of named daemon threads, started as work needs them and never joined.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads at interpreter exit (even after
+    ``shutdown(wait=False)``), so one thread blocked in FFmpeg would hold the process up. Work that
+    was cancelled before a thread took it never runs.
+    """
+
+    def __init__(self, max_workers: int, prefix: str) -> None:
+        self._max = max_workers
+        self._prefix = prefix
+        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._names = itertools.count(1)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self._work.put((future, lambda: fn(*args, **kwargs)))
+            # ``_idle`` is threads waiting for work minus work waiting for a thread.
+            self._idle -= 1
+            if self._idle < 0 and len(self._threads) < self._max:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._prefix}-{next(self._names)}", daemon=True
+                )
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+        return future
+
+    @property
+    def threads(self) -> int:
+        """Threads started so far (they stay, idle or busy)."""
+        return len(self._threads)
+
+    def _serve(self) -> None:
+        while True:
+            future, call = self._work.get()
+            if future.set_running_or_notify_cancel():  # False: cancelled while it waited
+                try:
+                    result = call()
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side, as ThreadPoolExecutor does
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+                    del result
+            del future, call  # hold nothing (a container) while idle
+            with self._lock:
+                self._idle += 1
+
+
+_threads: _PlaybackThreads | None = None
+_threads_lock = threading.Lock()  # event loops may run in several threads (tests, embedders)
+
+
+def playback_threads() -> _PlaybackThreads:
+    """The process's playback thread pool, created on first use."""
+    global _threads  # noqa: PLW0603 - one lazily created pool per process
+    with _threads_lock:
+        if _threads is None:
+            _threads = _PlaybackThreads(MAX_THREADS, "playback")
+        return _threads
+
+
+async def _in_thread(call: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(playback_threads(), call, *args)
 
 
 @dataclass(frozen=True)
 class _Buffering:
-    """RTP clock rate, queue bound and items read per worker-thread call, per kind of item."""
+    """RTP clock rate, queue bound and items read per worker-thread call (of a file: a URL's reads take
+    one item each, so a live source's packets are not held back until a batch is complete), per kind."""
 
     rate: int
     queue: int
@@ -107,6 +196,7 @@ class _Reader:
         self._stream = container.streams[stream.index]
         self.loop = loop
         self._lock = threading.Lock()
+        self._failed: Exception | None = None
         self._convert: Callable[[], Iterator[_Item]]
         if passthrough:
             self._convert = self._packets
@@ -133,10 +223,21 @@ class _Reader:
         self.items: Generator[tuple[float, Any]] = self._run()
 
     def read(self, count: int) -> list[tuple[float, Any] | None]:
+        """Up to ``count`` items, ending with None at the end. An error after some items is raised by
+        the next call, so the items before it are played (a generator that raised is finished: asked
+        again, it would look like a clean end)."""
         out: list[tuple[float, Any] | None] = []
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
             for _ in range(count):
-                item = next(self.items, None)
+                try:
+                    item = next(self.items, None)
+                except Exception as exc:
+                    if not out:
+                        raise
+                    self._failed = exc
+                    break
                 out.append(item)
                 if item is None:
                     break
@@ -229,6 +330,7 @@ class PlaybackTrack(MediaStreamTrack):
         reopen: Callable[[], Any],
         shown: str,
         loop: bool = False,
+        url: bool = False,
     ) -> None:
         super().__init__()
         self.kind = stream.kind
@@ -239,6 +341,8 @@ class PlaybackTrack(MediaStreamTrack):
         self.mime_type: str = codec or ENCODED_MIME[stream.kind]  # what goes over RTP
         self._reader = _Reader(container, stream, reopen=reopen, loop=loop, passthrough=self.passthrough)
         self._queue: asyncio.Queue[tuple[float, Any] | None] = asyncio.Queue(self._reader.buffering.queue)
+        # A live URL delivers as it goes: a batch would hold its first packets until the last arrived.
+        self.batch = 1 if url else self._reader.buffering.batch  # items per worker-thread read
         self._tasks = OwnedTasks(log, f"playback {shown}")
         self._start: float | None = None
         self.sent = 0  # packets or frames handed to aiortc
@@ -253,10 +357,9 @@ class PlaybackTrack(MediaStreamTrack):
             self._tasks.spawn(self._fill(), name=f"playback:{self.shown}")
 
     async def _fill(self) -> None:
-        batch_size = self._reader.buffering.batch
         try:
             while True:
-                batch = await asyncio.to_thread(self._reader.read, batch_size)
+                batch = await _in_thread(self._reader.read, self.batch)
                 for item in batch:
                     await self._queue.put(item)  # waits while the queue is full
                 if batch and batch[-1] is None:
@@ -267,7 +370,13 @@ class PlaybackTrack(MediaStreamTrack):
             reason = reason or "read failed"
             self.error = f"{type(exc).__name__}: {reason}"
             log.warning("playback of %s ended: %s", self.shown, self.error)
-            await self._queue.put(None)
+        except Exception as exc:
+            # Not a source error we know (a bug, PyAV surprising us): the track still ends, or recv
+            # would wait forever. Its message is not quoted in events: it may hold the URL.
+            self.error = f"{type(exc).__name__}: unexpected error"
+            log.exception("playback of %s ended: %s", self.shown, self.error)
+        # Cancellation (stop) propagates above; every other way out ends the track through recv.
+        await self._queue.put(None)
 
     async def recv(self) -> Any:
         if self.readyState != "live":
@@ -297,7 +406,7 @@ class PlaybackTrack(MediaStreamTrack):
     async def aclose(self) -> None:
         self.stop()
         await self._tasks.aclose(2.0)
-        await asyncio.to_thread(self._reader.close)
+        await _in_thread(self._reader.close)
 
 
 async def open_playback(target: str, *, url: bool, shown: str, kind: str, loop: bool) -> PlaybackTrack:
@@ -311,7 +420,7 @@ async def open_playback(target: str, *, url: bool, shown: str, kind: str, loop: 
     def opener() -> Any:
         return open_source(target, url=url, shown=shown)
 
-    future = asyncio.get_running_loop().run_in_executor(None, opener)
+    future = asyncio.get_running_loop().run_in_executor(playback_threads(), opener)
     try:
         container = await asyncio.wait_for(asyncio.shield(future), OPEN_DEADLINE_S)
     except BaseException as exc:
@@ -322,9 +431,9 @@ async def open_playback(target: str, *, url: bool, shown: str, kind: str, loop: 
     try:
         stream = choose_kind(kind, describe(container))
     except ValueError as exc:
-        await asyncio.to_thread(container.close)
+        await _in_thread(container.close)
         raise MediaRefused("invalid_path", f"{shown}: {exc}") from None
-    return PlaybackTrack(container, stream, reopen=opener, shown=shown, loop=loop)
+    return PlaybackTrack(container, stream, reopen=opener, shown=shown, loop=loop, url=url)
 
 
 def _close_late(future: asyncio.Future[Any]) -> None:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models, rtc
@@ -55,6 +54,7 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S: Final = 5.0
 SIDE_QUEUE: Final = 4096  # data packets and gap reports waiting to be emitted, per room
 PUBLISH_TIMEOUT_S: Final = 10.0  # track_published, then the publisher PC's renegotiation
+URL_TRACK_NAME: Final = "stream"  # the name of a track published from a URL without ``name``
 _FORWARD_CODECS: Final = {"audio/opus": "opus", "video/vp8": "vp8", "video/h264": "h264"}
 _STREAM_PARTS: Final = frozenset({"stream_header", "stream_chunk", "stream_trailer"})
 Cause = events_pb2.RoomSnapshot.Cause
@@ -307,7 +307,9 @@ class RoomSession:
 
     async def _publish_track(self, track: PlaybackTrack, msg: commands_pb2.PublishTrack) -> models.TrackInfo:
         cid = "BR_" + secrets.token_hex(6)
-        name = msg.name or Path(msg.path or urlsplit(msg.url).path).stem
+        # A URL's path may hold a secret (an RTMP stream key, a CDN token) and every participant sees
+        # the track's name: a URL track is named by the command or not at all.
+        name = msg.name or (URL_TRACK_NAME if msg.url else Path(msg.path).stem)
         if track.kind == "video":
             request = rtc.AddTrackRequest(
                 cid=cid,
@@ -344,8 +346,12 @@ class RoomSession:
             await self.publisher.add_track(
                 track, cid=cid, timeout_s=PUBLISH_TIMEOUT_S, mime_type=track.mime_type
             )
-        except NegotiationFailed as exc:
-            raise MediaRefused("unavailable", str(exc)) from exc
+        except BaseException as exc:
+            # LiveKit lists the track already: take it back, then report the first error.
+            self._withdraw(info.sid, cid)
+            if isinstance(exc, NegotiationFailed):
+                raise MediaRefused("unavailable", str(exc)) from exc
+            raise
         self.published[info.sid] = (cid, track)
         self._spawn(self._watch_playback(info.sid, track))
         return info
@@ -364,6 +370,20 @@ class RoomSession:
         except MediaRefused as exc:
             # The track is stopped and its slot free either way; LiveKit ends it when the PC goes.
             log.warning("room=%s could not unpublish ended track %s: %s", self.room, track_sid, exc)
+
+    def _withdraw(self, track_sid: str, cid: str) -> None:
+        """Take back a track LiveKit announced but that never started: mute it at once (subscribers see
+        it muted), and turn its m-line inactive in the background if it got one. Never raises: the
+        caller is reporting an error (or a cancellation) of its own."""
+        self.send_request(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid=track_sid, muted=True)))
+        self._spawn(self._remove_transceiver(track_sid, cid))
+
+    async def _remove_transceiver(self, track_sid: str, cid: str) -> None:
+        try:
+            # Returns at once when the PC is gone, or never got the track.
+            await self.publisher.remove_track(cid, timeout_s=PUBLISH_TIMEOUT_S)
+        except NegotiationFailed as exc:
+            log.warning("room=%s could not withdraw track %s: %s", self.room, track_sid, exc)
 
     def _publish_url(self, url: str) -> str:
         allow = self._media_settings.publish_url_allow
@@ -421,10 +441,14 @@ class RoomSession:
         """End the recordings, forwards and published tracks; their events come before SessionEnded."""
         await self.recorder.aclose()
         await self.forwarder.aclose()
+        await self._end_published("session_ended")
+
+    async def _end_published(self, reason: str) -> None:
+        """End every published track without renegotiating: the session is over, or its publisher PC
+        is gone with the participant a full rejoin replaced, and LiveKit drops the tracks with them."""
         while self.published:
             track_sid, (cid, track) = self.published.popitem()
-            # No renegotiation: the session is over, LiveKit drops its tracks with it.
-            await self._unpublish(track_sid, cid, track, reason="session_ended", renegotiate=False)
+            await self._unpublish(track_sid, cid, track, reason=reason, renegotiate=False)
 
     def _track_info(self, track_sid: str) -> models.TrackInfo | None:
         for info in self.room_state.participants.values():
@@ -711,6 +735,8 @@ class RoomSession:
             await self.media.reset()
             await self.publisher.reset()
             self.subscriptions.clear()  # a new participant: LiveKit forgot our subscriptions
+            # Their PC is gone and LiveKit dropped them with the old participant: nothing reads them.
+            await self._end_published("session_rejoined")
         self.media.set_ice_servers(join.ice_servers)
         self.publisher.set_ice_servers(join.ice_servers)
         self.mapper.ctx = self.mapper.ctx.with_room(room_sid=join.room.sid)

@@ -263,3 +263,57 @@ async def test_unpublish_track_racing_the_end_of_the_file_reports_once(tmp_path:
     reasons = [d.reason for d in _published(setup, sid)]
     assert len(reasons) == 1, reasons
     assert reasons[0] in ("end_of_file", "unpublished")
+
+
+async def test_a_full_rejoin_ends_every_published_track_once(tmp_path: Path) -> None:
+    await asyncio.to_thread(write_ogg_opus, tmp_path / "tone.ogg", 2.0)
+    media = MediaSettings(publish_dir=tmp_path, max_published_tracks=1)
+    async with media_bridge(ROOM, media, can_publish=True) as setup:
+        session = setup.session
+        msg = commands_pb2.PublishTrack(path="tone.ogg", loop=True)
+        sid = await _publish(setup, msg, "rejoin-1")
+        _, track = session.published[sid]
+        await eventually(lambda: track.sent >= 10, within=TIMEOUT, what="10 packets sent")
+
+        # LiveKit replaces the bridge's participant: its tracks and its publisher PC are gone with it.
+        setup.scenario.server_leave(ROOM, IDENTITY, reason="server_shutdown", action="reconnect")
+        await eventually(lambda: session.rejoins == 1, within=TIMEOUT, what="a full rejoin")
+        await eventually(lambda: bool(_published(setup, sid)), within=TIMEOUT, what="PublishFinished")
+        (done,) = _published(setup, sid)
+        assert (done.reason, done.source, done.kind) == ("session_rejoined", "tone.ogg", "audio")
+        assert sid not in session.published
+        assert track.readyState == "ended"
+        assert done.frames == track.sent
+        # Reported before the rejoined session's start, in the session's numbering.
+        (event,) = [e for e in setup.events(PUBLISH_FINISHED) if e.subject == sid]
+        _numbered_in_the_session(setup, event)
+        started = [e for e in setup.events("io.livekit.bridge.session_started.v1") if e.sequence > 0]
+        assert started
+        assert event.sequence < started[-1].sequence
+
+        # Its slot is free: the same file publishes again in the new session.
+        again = await _publish(setup, msg, "rejoin-2")
+        assert again != sid
+        _, replay = session.published[again]
+        await eventually(lambda: replay.sent >= 10, within=TIMEOUT, what="10 packets after the rejoin")
+    assert len(_published(setup, sid)) == 1
+    assert [d.reason for d in _published(setup, again)] == ["session_ended"]
+
+
+async def test_a_track_livekit_announced_is_taken_back_when_its_publish_fails(tmp_path: Path) -> None:
+    await asyncio.to_thread(write_ogg_opus, tmp_path / "tone.ogg", 1.0)
+    media = MediaSettings(publish_dir=tmp_path)
+    async with media_bridge(ROOM, media, can_publish=True) as setup:
+        session = setup.session
+        # The publisher PC cannot negotiate any more: LiveKit answers track_published, add_track fails.
+        await session.publisher.aclose()
+        msg = commands_pb2.PublishTrack(path="tone.ogg")
+        result = await setup.command("bridge.publish_track", msg, "withdraw-1")
+        assert (result.status, result.code) == (FAILED, "unavailable"), result
+        assert "closing" in result.message  # the first error, not one of the clean-up
+
+        announced = setup.server.rooms[ROOM].participants[IDENTITY].info.tracks
+        assert len(announced) == 1
+        await eventually(lambda: announced[0].muted, within=TIMEOUT, what="the announced track muted")
+        assert not session.published
+    assert not setup.events(PUBLISH_FINISHED)  # never published, so never finished
