@@ -7,7 +7,9 @@ import asyncio.sslproto
 import logging
 import math
 import resource
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aioice
@@ -44,6 +46,7 @@ def test_all_knobs_apply_and_are_idempotent(caplog: pytest.LogCaptureFixture) ->
         "tls_read_buffer": "applied",
         "shared_dtls_certificate": "applied",
         "nofile_limit": "applied",
+        "udp_receive_buffer": "applied",
     }
     patched = aioice.ice.Connection.query_consent
     generate = RTCCertificate.generateCertificate()
@@ -53,7 +56,7 @@ def test_all_knobs_apply_and_are_idempotent(caplog: pytest.LogCaptureFixture) ->
     assert RTCCertificate.generateCertificate() is generate
     assert not caplog.records
     # Applied once, so one restore brings back the originals (checked by the fixture).
-    assert len(tuning._saved) == 4
+    assert len(tuning._saved) == 5
 
 
 def test_env_var_disables_every_knob() -> None:
@@ -283,3 +286,35 @@ def test_an_error_inside_a_knob_is_a_warning_not_a_crash(
         status = apply_scaling_knobs({})
     assert status["broken"] == "skipped: RuntimeError: boom"
     assert status["tls_read_buffer"] == "applied"
+
+
+# ------------------------------------------------------------------------- knob 7: UDP receive buffer
+
+
+async def _ice_socket_buffer() -> int:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: aioice.ice.StunProtocol(None),  # type: ignore[arg-type]
+        local_addr=("127.0.0.1", 0),
+    )
+    try:
+        return int(transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    finally:
+        transport.close()
+
+
+def _rmem_max() -> int:
+    limit = Path("/proc/sys/net/core/rmem_max")
+    return int(limit.read_text()) if limit.exists() else 0
+
+
+async def test_ice_sockets_get_a_larger_receive_buffer() -> None:
+    stock = await _ice_socket_buffer()
+    apply_scaling_knobs({})
+    raised = await _ice_socket_buffer()
+    rmem_max = _rmem_max()
+    if rmem_max < tuning.UDP_RECEIVE_BUFFER_BYTES:
+        pytest.skip(f"net.core.rmem_max is {rmem_max}: the kernel caps the buffer below the knob's size")
+    assert stock < tuning.UDP_RECEIVE_BUFFER_BYTES <= raised  # Linux reports twice what was asked
+    restore_scaling_knobs()
+    assert await _ice_socket_buffer() == stock
