@@ -121,17 +121,23 @@ class _PlaybackThreads(concurrent.futures.Executor):
     def _serve(self) -> None:
         while True:
             future, call = self._work.get()
+            error: BaseException | None = None
+            result: Any = None
             if future.set_running_or_notify_cancel():  # False: cancelled while it waited
                 try:
                     result = call()
                 except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side, as ThreadPoolExecutor does
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
-                    del result
-            del future, call  # hold nothing (a container) while idle
+                    error = exc
+            # Counted idle before the caller hears back: its next submit then finds this thread
+            # instead of starting another one.
             with self._lock:
                 self._idle += 1
+            if future.running():
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
+            del future, call, result, error  # hold nothing (a container) while idle
 
 
 _threads: _PlaybackThreads | None = None
