@@ -38,10 +38,7 @@ def header_block(headers: Mapping[str, str]) -> bytes:
 
 def hpub(subject: str, block: bytes, payload: bytes) -> bytes:
     """One ``HPUB`` command (no reply subject) for an already encoded header ``block``."""
-    if not subject or not _SUBJECT_BAD.isdisjoint(subject):
-        raise ValueError(f"invalid NATS subject {subject!r}")
-    head = f"HPUB {subject} {len(block)} {len(block) + len(payload)}\r\n".encode()
-    return b"".join((head, block, payload, _CRLF))
+    return b"".join((_head(subject, block, payload), block, payload, _CRLF))
 
 
 def batch_frames(messages: Iterable[tuple[str, bytes, bytes]]) -> bytes:
@@ -50,12 +47,12 @@ def batch_frames(messages: Iterable[tuple[str, bytes, bytes]]) -> bytes:
     The parts are joined once, so each payload is copied once (into the buffer the socket gets).
     """
     parts: list[bytes] = []
-    append = parts.append
     for subject, block, payload in messages:
-        if not subject or not _SUBJECT_BAD.isdisjoint(subject):
-            raise ValueError(f"invalid NATS subject {subject!r}")
-        append(f"HPUB {subject} {len(block)} {len(block) + len(payload)}\r\n".encode())
-        append(block)
-        append(payload)
-        append(_CRLF)
+        parts += (_head(subject, block, payload), block, payload, _CRLF)
     return b"".join(parts)
+
+
+def _head(subject: str, block: bytes, payload: bytes) -> bytes:
+    if not subject or not _SUBJECT_BAD.isdisjoint(subject):
+        raise ValueError(f"invalid NATS subject {subject!r}")
+    return f"HPUB {subject} {len(block)} {len(block) + len(payload)}\r\n".encode()

@@ -13,7 +13,6 @@ end-to-end phases are bounded by this 2-core machine running the simulator, brok
 from __future__ import annotations
 
 import asyncio
-import resource
 import time
 from typing import Any
 
@@ -22,15 +21,11 @@ from bridge.bus.nats import NatsPublisher
 from bridge.bus.outbox import EventFanout, Outbox
 from bridge.config import KafkaSettings, LiveKitSettings, NatsSettings, Secret
 from bridge.rooms.session import RoomSession
+from support.bench import own_cpu_seconds
 
 __all__ = ["run_core"]
 
 ROOM_EVENTS_IN_FLIGHT = 2_000  # frames fed before waiting for the buses to catch up (like a busy socket)
-
-
-def _cpu_now() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def run_core(
@@ -75,7 +70,7 @@ async def run_core(
         joined = 3 * rooms  # session_started, room snapshot and the join response itself, per room
         await _settled(outboxes, joined, base)
         base = [o.published for o in outboxes]
-        t0, c0 = time.perf_counter(), _cpu_now()
+        t0, c0 = time.perf_counter(), own_cpu_seconds()
         for n in range(events):
             session = sessions[n % rooms]
             session.protocol.receive_data(frames[n % len(frames)], time.monotonic())
@@ -83,7 +78,7 @@ async def run_core(
             if n % ROOM_EVENTS_IN_FLIGHT == ROOM_EVENTS_IN_FLIGHT - 1:
                 await asyncio.sleep(0)  # let the outboxes run, as the reader tasks would between frames
         await _settled(outboxes, events, base)
-        return events, time.perf_counter() - t0, _cpu_now() - c0
+        return events, time.perf_counter() - t0, own_cpu_seconds() - c0
     finally:
         await fanout.aclose(10.0)
         for publisher in publishers:

@@ -50,7 +50,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -73,6 +72,7 @@ from support.bench import (
     REPO,
     active_rooms,
     cpu_seconds,
+    own_cpu_seconds,
     pct,
     report,
     rss_mb,
@@ -388,11 +388,6 @@ async def _record_frames_async(count: int) -> tuple[list[bytes], bytes]:
 # ------------------------------------------------------------------------------------------ references
 
 
-def _cpu_now() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def _naive(frames: list[bytes], bootstrap: str, topic: str, nats_url: str, prefix: str) -> Reference:
     import nats
     from aiokafka import AIOKafkaProducer
@@ -408,7 +403,7 @@ async def _naive(frames: list[bytes], bootstrap: str, topic: str, nats_url: str,
     fmt = JSONFormat()
     try:
         n = 0
-        t0, c0 = time.perf_counter(), _cpu_now()
+        t0, c0 = time.perf_counter(), own_cpu_seconds()
         end = t0 + NAIVE_SECONDS
         while time.perf_counter() < end:
             frame = frames[n % len(frames)]
@@ -440,7 +435,7 @@ async def _naive(frames: list[bytes], bootstrap: str, topic: str, nats_url: str,
             await nc.publish(f"{prefix}.events.{room}.{kind}", message.value, headers=headers)
             n += 1
         await nc.flush()
-        seconds, cpu = time.perf_counter() - t0, _cpu_now() - c0
+        seconds, cpu = time.perf_counter() - t0, own_cpu_seconds() - c0
     finally:
         await nc.close()
         await producer.stop()
@@ -509,7 +504,7 @@ async def _lean(frames: list[bytes], bootstrap: str, topic: str, nats_url: str, 
         nats_headers = {"Content-Type": "application/cloudevents+json"}
         publish = nc.publish
         n = 0
-        t0, c0 = time.perf_counter(), _cpu_now()
+        t0, c0 = time.perf_counter(), own_cpu_seconds()
         while n < LEAN_EVENTS:
             now = time.time()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
@@ -557,7 +552,7 @@ async def _lean(frames: list[bytes], bootstrap: str, topic: str, nats_url: str, 
                 futures.append(await producer.send_batch(batch, topic, partition=p))
             await nc.flush()
             await asyncio.gather(*futures)
-        seconds, cpu = time.perf_counter() - t0, _cpu_now() - c0
+        seconds, cpu = time.perf_counter() - t0, own_cpu_seconds() - c0
     finally:
         await nc.close()
         await producer.stop()

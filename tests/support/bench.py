@@ -121,6 +121,14 @@ def tail(log: Path, lines: int = 30) -> str:
     return ""
 
 
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process (finer than /proc's clock ticks)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; utime/stime are fields 14/15
