@@ -18,6 +18,7 @@ Stop (SIGTERM/SIGINT), in this order:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Sequence
@@ -111,6 +112,7 @@ class Bridge:
                 capacity=settings.outbox.capacity,
                 overflow=settings.outbox.overflow,
                 batch_interval_s=settings.outbox.batch_interval_s,
+                max_in_flight=settings.outbox.max_in_flight,
                 on_drop=self._dropped,
                 on_recover=self._recovered,
             )
@@ -289,6 +291,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
     stop = stop or _signal_event()
     bridge = Bridge(settings)
     await bridge.start()
+    _freeze_startup_heap()
     stopping = asyncio.create_task(stop.wait())
     rooms_done = asyncio.create_task(bridge.supervisor.wait())
     # Sharded, a replica with no rooms now may be given some later: only a stop ends it.
@@ -298,6 +301,16 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
     rooms_done.cancel()
     await bridge.aclose()
     return 1 if bridge.supervisor.crashes else 0
+
+
+def _freeze_startup_heap() -> None:
+    """Take what startup left alive (modules, protobuf classes, clients, settings) out of the collector.
+
+    Those objects live as long as the process, yet every full collection walks them all: 48-65 ms pauses
+    of the event loop at 5,000 events/s, a p99 of their own. Frozen, a full collection took 9 ms there.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _signal_event() -> asyncio.Event:

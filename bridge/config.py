@@ -307,9 +307,10 @@ class KafkaSettings(_Section):
     enable_idempotence: Flag = True
     acks: Literal["all", 0, 1] = "all"
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
-    # How long aiokafka holds a partition's batch for more records before sending it. 0 sends each outbox
-    # batch at once; measured here, 5 ms gives fewer, fuller produce requests and more throughput under load.
-    linger_s: Annotated[float, Field(strict=True, ge=0, le=60, allow_inf_nan=False)] = 0.005
+    # How long aiokafka holds a partition's batch for more records before sending it. The outbox gathers
+    # batches already (``outbox.batch_interval_s``), so 0 sends each one at once: at 5,000 events/s that
+    # halved Kafka's put -> ack p50 (16 -> 6-9 ms) for the same bridge CPU, against 5 ms.
+    linger_s: Annotated[float, Field(strict=True, ge=0, le=60, allow_inf_nan=False)] = 0.0
     security_protocol: Annotated[
         Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], BeforeValidator(_upper)
     ] = "PLAINTEXT"
@@ -436,6 +437,9 @@ class OutboxSettings(_Section):
     # Batches to a bus start at most this often (a full batch goes at once): fewer, fuller broker requests
     # for at most this much added latency. 0 sends whatever is queued as soon as the last batch is confirmed.
     batch_interval_s: Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)] = 0.002
+    # Batches handed to a bus before the oldest is confirmed, so events need not wait out a round trip.
+    # Core NATS only (one connection keeps their order); Kafka and JetStream keep 1. 1 turns it off.
+    max_in_flight: Annotated[int, Field(strict=True, ge=1, le=64)] = 4
 
 
 class LoggingSettings(_Section):

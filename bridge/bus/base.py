@@ -14,13 +14,13 @@ Foreign exceptions (aiokafka, nats-py, OSError, timeouts) never cross this bound
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol, runtime_checkable
 
 from bridge.errors import BusError, BusUnavailable, PublishFailed
 from bridge.events.cloudevent import CloudEvent
 
-__all__ = ["Publisher", "rejected", "unavailable"]
+__all__ = ["Pipelined", "Publisher", "rejected", "unavailable"]
 
 
 @runtime_checkable
@@ -45,6 +45,21 @@ class Publisher(Protocol):
     async def aclose(self) -> None:
         """Release the client; idempotent."""
         ...
+
+
+@runtime_checkable
+class Pipelined(Protocol):
+    """A publisher that can hand a batch over before the previous one is confirmed (see the outbox).
+
+    ``submit_batch`` returns once the batch is handed to the client in order (written to the socket, in
+    the producer's queue); awaiting what it returns waits for the broker's acknowledgements. Both raise
+    BusError only. ``pipelining`` is False where the order of overlapping batches is not kept (JetStream:
+    a PubAck per message, and a failed one does not stop the next).
+    """
+
+    pipelining: bool
+
+    async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]: ...
 
 
 def unavailable(bus: str, what: str, exc: BaseException | None = None) -> BusUnavailable:

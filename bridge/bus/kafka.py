@@ -17,8 +17,9 @@ retries it too, so delivery across an outage is at-least-once (consumers dedupli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -105,6 +106,9 @@ class KafkaPublisher:
         self._publish_timeout_s = publish_timeout_s
         self._max_batch_bytes = max_batch_bytes
         self._close_batches = settings.linger_s == 0
+        # Off: aiokafka sends one request per broker at a time anyway, and batches queued behind it made
+        # put -> ack slower at 5,000 events/s (p50 11-16 ms against 6-7 with one batch in flight).
+        self.pipelining = False
         self._max_request_bytes = max_request_bytes
         self._client_id = client_id
         self._producer: Any = None  # AIOKafkaProducer is untyped: Any stays at this boundary
@@ -175,15 +179,29 @@ class KafkaPublisher:
     # -- publishing ----------------------------------------------------------------------------------
 
     async def publish_batch(self, events: Sequence[CloudEvent]) -> None:
+        await (await self.submit_batch(events))
+
+    async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]:
+        """Hand the batch to aiokafka's queue; what it returns waits for the acknowledgements."""
         if not events:
-            return
+            return _nothing()
         if self._producer is None:
             await self.start()
         producer = self._producer
-        try:
+        with self._translated():
             async with asyncio.timeout(self._publish_timeout_s):
                 futures = await self._send(producer, events)
+        return self._acknowledged(futures)
+
+    async def _acknowledged(self, futures: list[asyncio.Future[Any]]) -> None:
+        with self._translated():
+            async with asyncio.timeout(self._publish_timeout_s):
                 await asyncio.gather(*futures)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
         except BusError:
             raise
         except REJECTED as exc:
@@ -247,3 +265,7 @@ class KafkaPublisher:
                 self._partition_of.clear()
             p = self._partition_of[key] = partition_for(key, partitions)
         return p
+
+
+async def _nothing() -> None:
+    """The acknowledgement of an empty batch."""

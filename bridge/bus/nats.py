@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final
 
 import nats
@@ -47,6 +47,7 @@ log = logging.getLogger("bridge.bus.nats")
 _MSG_ID: Final = "Nats-Msg-Id"  # JetStream deduplication within the duplicate window
 _STRUCTURED_HEADERS: Final = dict(NATS_STRUCTURED_HEADERS)
 _STRUCTURED_BLOCK: Final = header_block(NATS_STRUCTURED_HEADERS)
+_PING: Final = b"PING\r\n"
 _STREAM_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 # JetStream API errors that mean "this record is wrong", not "try later" (message too large; subject
 # not in any stream would be 503 no-responders instead).
@@ -91,6 +92,8 @@ class NatsPublisher:
         self._prefix = settings.subject_prefix
         self._binary = settings.binary_mode
         self._jetstream = settings.jetstream
+        # Core batches on one connection arrive in the order written; JetStream acks each message.
+        self.pipelining = not settings.jetstream
         self._stream = stream_name_for(self._prefix)
         self._publish_timeout_s = publish_timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -178,8 +181,13 @@ class NatsPublisher:
     # -- publishing ----------------------------------------------------------------------------------
 
     async def publish_batch(self, events: Sequence[CloudEvent]) -> None:
+        await (await self.submit_batch(events))
+
+    async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]:
+        """Core: write the batch and its flush PING now; what it returns waits for the PONG. JetStream:
+        what it returns publishes and waits for the PubAcks (``pipelining`` is off there)."""
         if not events:
-            return
+            return _nothing()
         if self._nc is None or (self._jetstream and not self._stream_ready):
             await self.start()
         nc = self._nc
@@ -191,13 +199,14 @@ class NatsPublisher:
         # Checked before anything is sent, so a refused batch was not half published.
         if any(len(payload) > limit for _, payload, _ in messages):
             raise rejected(self.name, f"an event exceeds the server's max_payload ({limit} bytes)")
+        if self._jetstream:
+            return self._confirmed(self._publish_jetstream(messages))
+        return self._confirmed(self._publish_core(nc, events, messages))
+
+    async def _confirmed(self, confirmation: Awaitable[None]) -> None:
         try:
             async with asyncio.timeout(self._publish_timeout_s):
-                if self._jetstream:
-                    await self._publish_jetstream(messages)
-                else:
-                    await self._publish_core(nc, events, messages)
-                    await nc.flush(timeout=self._publish_timeout_s)  # type: ignore[arg-type]
+                await confirmation
         except BusError:
             raise
         except nats.errors.MaxPayloadError as exc:
@@ -228,24 +237,30 @@ class NatsPublisher:
         shared = _STRUCTURED_HEADERS
         return [(nats_subject(prefix, e), nats_structured(e), shared) for e in events]
 
-    async def _publish_core(
+    def _publish_core(
         self, nc: Client, events: Sequence[CloudEvent], messages: list[tuple[str, bytes, dict[str, str]]]
-    ) -> None:
-        """The batch as one buffer of ``HPUB`` commands (:mod:`bridge.bus.nats_wire`), queued in order."""
+    ) -> asyncio.Future[Any]:
+        """Write the batch as one buffer of ``HPUB`` commands (:mod:`bridge.bus.nats_wire`) with a PING
+        behind it; returns the future the PONG resolves, which confirms the server read all of it."""
         if self._binary:
             frames = batch_frames((subject, header_block(h), payload) for subject, payload, h in messages)
         else:
             frames = batch_frames((subject, _STRUCTURED_BLOCK, payload) for subject, payload, _ in messages)
-        # Straight onto the socket, as nats-py writes its PINGs: ``flush()`` then puts its PING after the
-        # batch, so its PONG confirms the server read all of it. (``publish`` queues for a flusher task,
-        # which can put the PING first: a PONG that confirms nothing.) The write is bounded by the batch;
-        # the PONG wait is the backpressure.
+        # Straight onto the socket with our own PING, registered where nats-py's reader resolves PONGs in
+        # order. Not ``publish`` + ``flush()``: ``publish`` queues for a flusher task, which can put the
+        # PING first (a PONG that confirms nothing), and ``flush()`` returns at once, confirming nothing,
+        # when the connection's reader has just died. A reconnect drops registered PONG futures: the
+        # caller's timeout then reports the batch unconfirmed. One write: one syscall per batch.
         transport = getattr(nc, "_transport", None)
-        if transport is None:
+        pongs = getattr(nc, "_pongs", None)
+        if transport is None or not isinstance(pongs, list):
             raise unavailable(self.name, "not connected")
-        transport.write(frames)
+        pong: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pongs.append(pong)
+        transport.write(frames + _PING)
         nc.stats["out_msgs"] += len(events)
         nc.stats["out_bytes"] += sum(len(payload) for _, payload, _ in messages)
+        return pong
 
     async def _publish_jetstream(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
         js = self._js
@@ -264,3 +279,7 @@ class NatsPublisher:
                 if not fut.done():
                     fut.cancel()
         self.duplicates += sum(1 for ack in acks if getattr(ack, "duplicate", False))
+
+
+async def _nothing() -> None:
+    """The confirmation of an empty batch."""

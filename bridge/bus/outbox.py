@@ -22,6 +22,14 @@ events per second, mean one broker request and one flush round trip per one or t
 bridge and in the broker that a 2-core host then lacks for everything else, latency included. A couple of
 milliseconds of gathering is cheaper than that.
 
+Pipelining: a publisher that can hand a batch over before it is confirmed (``submit_batch``, see
+:class:`~bridge.bus.base.Pipelined`) gets up to ``max_in_flight`` batches in flight, handed over in order
+and settled in order. Events that arrive while a batch waits for its acknowledgement then leave after the
+next ``batch_interval_s`` instead of after that round trip. When the oldest batch fails, the outbox waits
+for the later ones, then puts the failed batch and every later one back at the head of the queue (they may
+have landed: at-least-once, in order) and retries with one batch in flight until one succeeds. Other
+publishers, and JetStream, keep one batch in flight.
+
 Added latency: the outbox stamps each event (``time.monotonic()``, in a deque parallel to the queue, so the
 CloudEvent is untouched) when it is put -- :class:`EventFanout` takes one stamp per event for every bus,
 and a ``block`` put that has to wait keeps the stamp of its first attempt -- and, when the broker confirms
@@ -46,8 +54,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from bridge.bus.base import Publisher
-from bridge.errors import BusError
+from bridge.bus.base import Pipelined, Publisher
+from bridge.errors import BusError, BusUnavailable
 from bridge.events.cloudevent import CloudEvent
 
 __all__ = ["EventFanout", "LatencyHistogram", "Outbox", "OutboxClosed", "OutboxStats", "Overflow"]
@@ -141,6 +149,20 @@ class LatencyHistogram:
         self.total_s = 0.0
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A batch handed to the publisher, and what settles it."""
+
+    events: list[CloudEvent]
+    stamps: list[float]
+    confirmed: asyncio.Future[None]
+
+    def failure(self, bus: str) -> BaseException | None:
+        if self.confirmed.cancelled():
+            return BusUnavailable(f"{bus}: publish cancelled")
+        return self.confirmed.exception()
+
+
 class OutboxClosed(BusError):
     """``put`` after ``aclose``: the bridge is shutting down."""
 
@@ -182,6 +204,7 @@ class Outbox:
         on_recover: Callable[[str], None] | None = None,
         max_batch: int = 500,
         batch_interval_s: float = 0.0,
+        max_in_flight: int = 1,
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
         logger: logging.Logger | None = None,
@@ -192,6 +215,8 @@ class Outbox:
             raise ValueError("max_batch must be at least 1")
         if overflow not in ("block", "drop_oldest"):
             raise ValueError("overflow must be 'block' or 'drop_oldest'")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         if not 0 <= batch_interval_s <= 1:
             raise ValueError("batch_interval_s must be within [0, 1]")
         if not 0 < retry_initial_s <= retry_max_s:
@@ -204,6 +229,9 @@ class Outbox:
         # drop_oldest can evict (events being published cannot be taken back).
         self.max_batch = min(max_batch, capacity - 1)
         self.batch_interval_s = batch_interval_s
+        pipelined = publisher if isinstance(publisher, Pipelined) and publisher.pipelining else None
+        self._submit = pipelined.submit_batch if pipelined is not None else None
+        self.max_in_flight = max_in_flight if pipelined is not None else 1
         self._batch_started = -math.inf
         self._on_drop = on_drop
         # Called after a successful batch once the outbox is neither down nor overflowing: the moment
@@ -216,12 +244,13 @@ class Outbox:
         self._queue: deque[CloudEvent] = deque()
         self._stamps: deque[float] = deque()  # time.monotonic() at put, parallel to _queue
         self.latency = LatencyHistogram()  # put -> broker-confirmed, per published event
-        self._in_flight = 0
-        self._not_empty = asyncio.Event()
+        self._in_flight = 0  # events in self._flights
+        self._flights: deque[_Flight] = deque()  # oldest first
         self._not_full = asyncio.Event()
         self._not_full.set()
         self._closing = asyncio.Event()
-        self._gathering = asyncio.Event()  # ends a batch_interval_s wait early
+        # Wakes the task: the queue stopped being empty or holds a full batch, a flight settled, closing.
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -256,8 +285,7 @@ class Outbox:
             return
         self._closed = True
         self._closing.set()
-        self._gathering.set()
-        self._not_empty.set()
+        self._wake.set()
         self._not_full.set()  # wake blocked putters: they raise OutboxClosed
         task, self._task = self._task, None
         if task is not None:
@@ -281,7 +309,7 @@ class Outbox:
 
     @property
     def size(self) -> int:
-        """Events held: queued plus the batch being published."""
+        """Events held: queued plus the batches being published."""
         return len(self._queue) + self._in_flight
 
     def put_nowait(self, event: CloudEvent, enqueued_at: float | None = None) -> bool:
@@ -296,13 +324,13 @@ class Outbox:
                 self._not_full.clear()
                 return False
             self._evict(self.size - self.capacity + 1)
-        self._queue.append(event)
+        queue = self._queue
+        queue.append(event)
         self._stamps.append(time.monotonic() if enqueued_at is None else enqueued_at)
-        if len(self._queue) >= self.max_batch:
-            self._gathering.set()
+        if len(queue) == 1 or len(queue) >= self.max_batch:
+            self._wake.set()
         if self._outage_since is not None:
             self._outage_delayed += 1
-        self._not_empty.set()
         return True
 
     async def put(self, event: CloudEvent, enqueued_at: float | None = None) -> None:
@@ -343,62 +371,105 @@ class Outbox:
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
-            if not self._queue:
-                if self._closing.is_set():
+        try:
+            while True:
+                self._wake.clear()
+                if self._flights and self._flights[0].confirmed.done():
+                    attempt = await self._settle(attempt)
+                    continue
+                # After a failure, one batch at a time until one gets through.
+                limit = self.max_in_flight if attempt == 0 else 1
+                room = self.capacity - 1 - self._in_flight  # keeps one queued event evictable when full
+                if self._queue and len(self._flights) < limit and room > 0:
+                    if len(self._queue) < self.max_batch and not self._closing.is_set():
+                        wait = self._batch_started + self.batch_interval_s - time.monotonic()
+                        if wait > 0:
+                            with contextlib.suppress(TimeoutError):
+                                async with asyncio.timeout(wait):
+                                    await self._wake.wait()  # a full batch, a settled flight, closing
+                            continue
+                    await self._launch(min(self.max_batch, len(self._queue), room))
+                    continue
+                if self._closing.is_set() and not self._queue and not self._flights:
                     return
-                self._not_empty.clear()
-                await self._not_empty.wait()
-                continue
-            if len(self._queue) < self.max_batch and not self._closing.is_set():
-                wait = self._batch_started + self.batch_interval_s - time.monotonic()
-                if wait > 0:
-                    self._gathering.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait):
-                            await self._gathering.wait()  # set by a full batch and by a shutdown
-                    continue
-            self._batch_started = time.monotonic()
-            n = min(self.max_batch, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
-            stamps = [self._stamps.popleft() for _ in range(n)]
-            self._in_flight = n
-            try:
-                await self.publisher.publish_batch(batch)
-            except BusError as exc:
-                self._in_flight = 0
-                self.last_error = str(exc)
-                if not exc.retriable:
-                    self.failed_batches += 1
-                    self._log.error(
-                        "bus %s: batch of %d events refused, dropped: %s", self.bus, len(batch), exc
-                    )
-                    self._drop(batch)
-                    self._space_freed()
-                    continue
-                self._queue.extendleft(reversed(batch))
-                self._stamps.extendleft(reversed(stamps))
-                await self._backoff(attempt, exc)
-                attempt += 1
-                continue
-            except Exception as exc:  # noqa: BLE001 (kept and retried, logged once with its traceback)
-                # A foreign exception is an adapter bug; keep the events and retry rather than lose them.
-                self._in_flight = 0
-                self._queue.extendleft(reversed(batch))
-                self._stamps.extendleft(reversed(stamps))
-                self.last_error = f"{type(exc).__name__} (not translated by the {self.bus} adapter)"
-                if self._outage_since is None:
-                    self._log.exception("bus %s: publish raised an untranslated error", self.bus)
-                await self._backoff(attempt, exc)
-                attempt += 1
-                continue
-            attempt = 0
-            self._published(stamps)
+                await self._wake.wait()
+        finally:
+            # Cancelled (the shutdown deadline passed): what was in flight goes back to be counted as dropped.
+            for flight in reversed(self._flights):
+                flight.confirmed.cancel()
+                self._queue.extendleft(reversed(flight.events))
+                self._stamps.extendleft(reversed(flight.stamps))
+            self._flights.clear()
+            self._in_flight = 0
+
+    async def _launch(self, n: int) -> None:
+        """Hand the next ``n`` queued events over as one batch (in order) and track its confirmation."""
+        self._batch_started = time.monotonic()
+        events = [self._queue.popleft() for _ in range(n)]
+        stamps = [self._stamps.popleft() for _ in range(n)]
+        self._in_flight += n
+        confirmed: asyncio.Future[None]
+        try:
+            if self._submit is not None:
+                confirmed = asyncio.ensure_future(await self._submit(events))
+            else:
+                confirmed = asyncio.ensure_future(self.publisher.publish_batch(events))
+        except asyncio.CancelledError:
+            self._in_flight -= n
+            self._queue.extendleft(reversed(events))
+            self._stamps.extendleft(reversed(stamps))
+            raise
+        except Exception as exc:  # noqa: BLE001 (the hand-over failed: settled like a failed confirmation)
+            confirmed = asyncio.get_running_loop().create_future()
+            confirmed.set_exception(exc)
+        confirmed.add_done_callback(self._flight_done)
+        self._flights.append(_Flight(events, stamps, confirmed))
+
+    def _flight_done(self, _: asyncio.Future[None]) -> None:
+        self._wake.set()
+
+    async def _settle(self, attempt: int) -> int:
+        """Settle the oldest flight (done); returns the next retry attempt number (0 after a success)."""
+        flight = self._flights[0]
+        exc = flight.failure(self.bus)
+        if exc is None:
+            self._flights.popleft()
+            self._in_flight -= len(flight.events)
+            self._published(flight.stamps)
+            return 0
+        # Every later flight settles first (they stay tracked meanwhile, for a cancel to give them back);
+        # then they all go back in order, the failed one first.
+        if len(self._flights) > 1:
+            await asyncio.wait([f.confirmed for f in list(self._flights)[1:]])
+        later = list(self._flights)[1:]
+        self._flights.clear()
+        self._in_flight = 0
+        for f in reversed(later):
+            self._queue.extendleft(reversed(f.events))
+            self._stamps.extendleft(reversed(f.stamps))
+        if isinstance(exc, BusError):
+            self.last_error = str(exc)
+            if not exc.retriable:
+                self.failed_batches += 1
+                self._log.error(
+                    "bus %s: batch of %d events refused, dropped: %s", self.bus, len(flight.events), exc
+                )
+                self._drop(flight.events)
+                self._space_freed()
+                return attempt
+        else:
+            # A foreign exception is an adapter bug; keep the events and retry rather than lose them.
+            self.last_error = f"{type(exc).__name__} (not translated by the {self.bus} adapter)"
+            if self._outage_since is None:
+                self._log.error("bus %s: publish raised an untranslated error", self.bus, exc_info=exc)
+        self._queue.extendleft(reversed(flight.events))
+        self._stamps.extendleft(reversed(flight.stamps))
+        await self._backoff(attempt, exc)
+        return attempt + 1
 
     def _published(self, stamps: list[float]) -> None:
         """Bookkeeping of a confirmed batch (``stamps``: its events' put times)."""
         self.latency.record_since(time.monotonic(), stamps)
-        self._in_flight = 0
         self.published += len(stamps)
         self.batches += 1
         if self._outage_since is not None:

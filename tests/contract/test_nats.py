@@ -12,11 +12,13 @@ from cloudevents.core.formats.json import JSONFormat
 from bridge.bus.bindings import CLOUDEVENTS_JSON, nats_subject
 from bridge.bus.nats import NatsPublisher, stream_name_for
 from bridge.config import NatsSettings
+from bridge.errors import BusUnavailable
 from bridge.events.cloudevent import CloudEvent
 from support.brokers import NatsServer, unique_name
 from support.bus_consumers import JetStreamCollector, NatsCollector, Received, wait_for_count
 from support.bus_contract import DELIVERY_DEADLINE_S, BusContract, Rig
 from support.events import mixed_events
+from support.waiting import eventually
 
 _ENCODED = re.compile(r"(?:[\x21\x23\x24\x26-\x7e]|%[0-9A-F]{2})*")
 
@@ -94,3 +96,26 @@ class TestNatsJetStream(BusContract):
         assert publisher.stream == stream_name_for(str(rig.extras["prefix"]))
         received = await wait_for_count(rig.collector, len(events), DELIVERY_DEADLINE_S)
         assert sorted(r.id for r in received) == sorted(e.id for e in events)
+
+
+async def test_a_batch_written_as_the_server_dies_is_never_confirmed(fresh_nats_server: NatsServer) -> None:
+    """The PONG that confirms a batch must come from the server: a client whose reader died with the
+    connection would otherwise confirm it at once (nats-py's ``flush()`` does, with no read loop)."""
+    publisher = NatsPublisher(
+        NatsSettings(servers=(fresh_nats_server.url,), subject_prefix=unique_name("dies")),
+        publish_timeout_s=1,
+        reconnect_time_wait_s=0.2,
+    )
+    await publisher.start()
+    try:
+        fresh_nats_server.stop()
+        with pytest.raises(BusUnavailable):
+            await _written_then_awaited_after_the_reader_died(publisher)
+    finally:
+        await publisher.aclose()
+
+
+async def _written_then_awaited_after_the_reader_died(publisher: NatsPublisher) -> None:
+    confirmation = await publisher.submit_batch(mixed_events(2))  # the client has not noticed yet
+    await eventually(lambda: not publisher.connected, within=5, what="the client to see the server die")
+    await confirmation

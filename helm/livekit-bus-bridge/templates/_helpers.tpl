@@ -137,7 +137,7 @@ Secrets are left out: they arrive as environment variables.
   "commands" $commands
   "discovery" $discovery
   "media" $media
-  "outbox" (dict "capacity" (int $v.outbox.capacity) "overflow" $v.outbox.overflow "batch_interval_s" $v.outbox.batchIntervalSeconds)
+  "outbox" (dict "capacity" (int $v.outbox.capacity) "overflow" $v.outbox.overflow "batch_interval_s" $v.outbox.batchIntervalSeconds "max_in_flight" (int $v.outbox.maxInFlight))
   "logging" (dict "level" $v.logging.level "json" $v.logging.json)
   "http" (dict "listen" (printf "0.0.0.0:%d" (int $v.http.port))) }}
 {{- with $v.kafka }}
