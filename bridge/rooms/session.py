@@ -699,6 +699,8 @@ class RoomSession:
     def _end_gone_tracks(self) -> None:
         """End the forwards and recordings of tracks that left the room. LiveKit only turns their m-line
         inactive, and aiortc keeps such a receiver's track open: no frame and no end would come."""
+        if not (self.forwarder.forwards or self.recorder.recordings):
+            return  # the usual case, on every participant update: nothing to look for
         present = {t.sid for p in self.room_state.participants.values() for t in p.tracks}
         for sid in [s for s in self.forwarder.forwards if s not in present]:
             self.forwarder.stop(sid, "track_ended")

@@ -16,8 +16,11 @@ bus, from the same run:
   scheduling of five processes on this machine's cores.
 
 Variants (parametrized): ``default`` (the bridge's defaults: batches start at most every
-``outbox.batch_interval_s`` = 2 ms, Kafka ``linger_s`` 0) and ``eager`` (``batch_interval_s: 0``: a batch
-of whatever is queued the moment the last one is confirmed), to show what pacing the batches buys.
+``outbox.batch_interval_s`` = 2 ms, up to ``outbox.max_in_flight`` = 4 core-NATS batches in flight, Kafka
+``linger_s`` 0), ``eager`` (``batch_interval_s: 0``: a batch of whatever is queued as soon as one may
+start), ``one_in_flight`` (``max_in_flight: 1``: the next batch waits for the last one's confirmation)
+and ``kafka_linger_5ms`` (aiokafka holds each batch 5 ms for more records: fewer produce requests, which
+matters when the broker shares these 2 cores), to show what pacing, pipelining and linger buy.
 The numbers are printed and written as JSON to a temporary directory.
 """
 
@@ -56,6 +59,8 @@ JOIN_DEADLINE_S: Final = 60.0
 VARIANTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
     "default": {},
     "eager": {"outbox": {"batch_interval_s": 0}},
+    "one_in_flight": {"outbox": {"max_in_flight": 1}},
+    "kafka_linger_5ms": {"kafka": {"linger_s": 0.005}},
 }
 
 # The bridge's shutdown line per bus (bridge.app.Bridge.aclose).
