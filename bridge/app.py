@@ -93,6 +93,14 @@ def build_publishers(settings: Settings) -> list[Publisher]:
     return publishers
 
 
+def _batch_interval_s(settings: Settings, publisher: Publisher) -> float:
+    """How often batches to ``publisher`` may start: Kafka's ``linger_s`` is spent here, gathering."""
+    interval = settings.outbox.batch_interval_s
+    if publisher.name == "kafka" and settings.kafka is not None:
+        interval = max(interval, settings.kafka.linger_s)
+    return interval
+
+
 class Bridge:
     """The running service: publishers, outboxes, fan-out and rooms. ``start()`` then ``aclose()``."""
 
@@ -111,7 +119,7 @@ class Bridge:
                 p,
                 capacity=settings.outbox.capacity,
                 overflow=settings.outbox.overflow,
-                batch_interval_s=settings.outbox.batch_interval_s,
+                batch_interval_s=_batch_interval_s(settings, p),
                 max_in_flight=settings.outbox.max_in_flight,
                 on_drop=self._dropped,
                 on_recover=self._recovered,

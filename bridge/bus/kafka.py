@@ -3,8 +3,9 @@
 ``publish_batch`` assigns each event to a partition with Kafka's default partitioner (murmur2 of the key,
 the room name, exactly what the Java client picks), so every room stays on one partition and its order is
 kept. It fills one aiokafka ``create_batch()`` builder per partition (starting another when one is full),
-hands them over with ``send_batch`` (closed, so they go out at once, unless ``linger_s`` asks aiokafka to
-wait for more) and awaits every acknowledgement; that costs about a quarter of the CPU
+hands them over with ``send_batch`` (closed, so they go out at once: ``linger_s``, the wait for more
+records, is spent in the outbox before the batch is made, see :mod:`bridge.app`) and awaits every
+acknowledgement; that costs about a quarter of the CPU
 of per-record ``send()`` (research/bus-anchors.md §7.2). aiokafka keeps at most one request in flight per
 broker and mutes a partition while it is being sent, so consecutive batches of one partition stay ordered.
 
@@ -105,7 +106,6 @@ class KafkaPublisher:
         self.topic = settings.events_topic
         self._publish_timeout_s = publish_timeout_s
         self._max_batch_bytes = max_batch_bytes
-        self._close_batches = settings.linger_s == 0
         # Off: aiokafka sends one request per broker at a time anyway, and batches queued behind it made
         # put -> ack slower at 5,000 events/s (p50 11-16 ms against 6-7 with one batch in flight).
         self.pipelining = False
@@ -137,7 +137,9 @@ class KafkaPublisher:
             acks=s.acks,
             enable_idempotence=s.enable_idempotence,
             compression_type=None if s.compression_type == "none" else s.compression_type,
-            linger_ms=int(s.linger_s * 1000),
+            # ``linger_s`` is applied by the outbox, which gathers the batch (see bridge.app); a batch
+            # handed over here is complete and goes out at once.
+            linger_ms=0,
             max_batch_size=self._max_batch_bytes,
             max_request_size=self._max_request_bytes,
             request_timeout_ms=int(self._publish_timeout_s * 1000),
@@ -239,9 +241,7 @@ class KafkaPublisher:
         return futures
 
     async def _hand_over(self, producer: Any, batch: Any, partition: int) -> asyncio.Future[Any]:
-        if self._close_batches:
-            # The outbox has batched already: an open batch would sit in aiokafka for linger_ms for nothing.
-            batch.close()
+        batch.close()  # complete: the outbox gathered it
         return await producer.send_batch(batch, self.topic, partition=partition)  # type: ignore[no-any-return]
 
     def _too_large(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> BusError:
