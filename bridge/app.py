@@ -308,6 +308,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
     stopping.cancel()
     rooms_done.cancel()
     await bridge.aclose()
+    gc.unfreeze()  # a caller that goes on (tests, the demo) gets its heap back
     return 1 if bridge.supervisor.crashes else 0
 
 

@@ -190,14 +190,15 @@ class KafkaPublisher:
         if self._producer is None:
             await self.start()
         producer = self._producer
+        deadline = asyncio.get_running_loop().time() + self._publish_timeout_s  # for both steps
         with self._translated():
-            async with asyncio.timeout(self._publish_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 futures = await self._send(producer, events)
-        return self._acknowledged(futures)
+        return self._acknowledged(futures, deadline)
 
-    async def _acknowledged(self, futures: list[asyncio.Future[Any]]) -> None:
+    async def _acknowledged(self, futures: list[asyncio.Future[Any]], deadline: float) -> None:
         with self._translated():
-            async with asyncio.timeout(self._publish_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 await asyncio.gather(*futures)
 
     @contextlib.contextmanager

@@ -107,6 +107,7 @@ class NatsPublisher:
         #: The stream events land in (JetStream mode), once known.
         self.stream: str | None = None
         self.duplicates = 0  # PubAcks that said "duplicate" (a re-sent batch)
+        self._pongs: set[asyncio.Future[Any]] = set()  # our batches' PONGs still awaited
 
     @property
     def connected(self) -> bool:
@@ -173,7 +174,12 @@ class NatsPublisher:
         log.debug("nats: client error %s", type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
+        # Before any reconnect: the batches whose PING went down with the connection are unconfirmed, now,
+        # so the outbox sends them again before anything goes out on the next connection.
         log.debug("nats: disconnected")
+        for pong in list(self._pongs):
+            if not pong.done():
+                pong.set_exception(ConnectionResetError("nats: connection lost before the PONG"))
 
     async def _on_reconnected(self) -> None:
         log.debug("nats: reconnected")
@@ -201,7 +207,9 @@ class NatsPublisher:
             raise rejected(self.name, f"an event exceeds the server's max_payload ({limit} bytes)")
         if self._jetstream:
             return self._confirmed(self._publish_jetstream(messages))
-        return self._confirmed(self._publish_core(nc, events, messages))
+        # Shielded: a timeout must not cancel the future nats-py will resolve when the PONG comes after all
+        # (resolving a cancelled future kills its reader).
+        return self._confirmed(asyncio.shield(self._publish_core(nc, events, messages)))
 
     async def _confirmed(self, confirmation: Awaitable[None]) -> None:
         try:
@@ -257,6 +265,8 @@ class NatsPublisher:
             raise unavailable(self.name, "not connected")
         pong: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         pongs.append(pong)
+        self._pongs.add(pong)  # ours only: nats-py's own keepalive PINGs are left alone
+        pong.add_done_callback(self._pongs.discard)
         transport.write(frames + _PING)
         nc.stats["out_msgs"] += len(events)
         nc.stats["out_bytes"] += sum(len(payload) for _, payload, _ in messages)

@@ -25,9 +25,11 @@ milliseconds of gathering is cheaper than that.
 Pipelining: a publisher that can hand a batch over before it is confirmed (``submit_batch``, see
 :class:`~bridge.bus.base.Pipelined`) gets up to ``max_in_flight`` batches in flight, handed over in order
 and settled in order. Events that arrive while a batch waits for its acknowledgement then leave after the
-next ``batch_interval_s`` instead of after that round trip. When the oldest batch fails, the outbox waits
-for the later ones, then puts the failed batch and every later one back at the head of the queue (they may
-have landed: at-least-once, in order) and retries with one batch in flight until one succeeds. Other
+next ``batch_interval_s`` instead of after that round trip. Once a batch has failed, nothing new is handed
+over; the outbox waits for the batches before and after it, then puts the failed one and every later one
+back at the head of the queue (they may have landed: at-least-once, in order) and retries with one batch in
+flight until one succeeds. The publisher must keep overlapping batches in order and fail a batch whose
+fate is unknown (core NATS: one connection, and a lost connection fails every unconfirmed PING). Other
 publishers, and JetStream, keep one batch in flight.
 
 Added latency: the outbox stamps each event (``time.monotonic()``, in a deque parallel to the queue, so the
@@ -169,7 +171,7 @@ class OutboxClosed(BusError):
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
-    """A snapshot of one outbox's counters (``queued`` includes the batch being published)."""
+    """A snapshot of one outbox's counters (``queued`` includes the batches being published)."""
 
     bus: str
     queued: int
@@ -327,7 +329,7 @@ class Outbox:
         queue = self._queue
         queue.append(event)
         self._stamps.append(time.monotonic() if enqueued_at is None else enqueued_at)
-        if len(queue) == 1 or len(queue) >= self.max_batch:
+        if len(queue) == 1 or len(queue) == self.max_batch:
             self._wake.set()
         if self._outage_since is not None:
             self._outage_delayed += 1
@@ -380,7 +382,7 @@ class Outbox:
                 # After a failure, one batch at a time until one gets through.
                 limit = self.max_in_flight if attempt == 0 else 1
                 room = self.capacity - 1 - self._in_flight  # keeps one queued event evictable when full
-                if self._queue and len(self._flights) < limit and room > 0:
+                if self._queue and len(self._flights) < limit and room > 0 and not self._failing():
                     if len(self._queue) < self.max_batch and not self._closing.is_set():
                         wait = self._batch_started + self.batch_interval_s - time.monotonic()
                         if wait > 0:
@@ -394,9 +396,12 @@ class Outbox:
                     return
                 await self._wake.wait()
         finally:
-            # Cancelled (the shutdown deadline passed): what was in flight goes back to be counted as dropped.
-            for flight in reversed(self._flights):
+            # Cancelled (the shutdown deadline passed): what was in flight goes back to be counted as dropped,
+            # once the publisher's part has unwound (it is closed next).
+            for flight in self._flights:
                 flight.confirmed.cancel()
+            await asyncio.gather(*(f.confirmed for f in self._flights), return_exceptions=True)
+            for flight in reversed(self._flights):
                 self._queue.extendleft(reversed(flight.events))
                 self._stamps.extendleft(reversed(flight.stamps))
             self._flights.clear()
@@ -425,8 +430,14 @@ class Outbox:
         confirmed.add_done_callback(self._flight_done)
         self._flights.append(_Flight(events, stamps, confirmed))
 
-    def _flight_done(self, _: asyncio.Future[None]) -> None:
+    def _flight_done(self, confirmed: asyncio.Future[None]) -> None:
+        if not confirmed.cancelled():
+            confirmed.exception()  # retrieved here; a later flight's failure is settled with the oldest's
         self._wake.set()
+
+    def _failing(self) -> bool:
+        """A flight failed and is not settled yet: nothing may be handed over behind it."""
+        return any(f.confirmed.done() and f.failure(self.bus) is not None for f in self._flights)
 
     async def _settle(self, attempt: int) -> int:
         """Settle the oldest flight (done); returns the next retry attempt number (0 after a success)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -119,3 +121,29 @@ async def _written_then_awaited_after_the_reader_died(publisher: NatsPublisher) 
     confirmation = await publisher.submit_batch(mixed_events(2))  # the client has not noticed yet
     await eventually(lambda: not publisher.connected, within=5, what="the client to see the server die")
     await confirmation
+
+
+async def test_a_pong_that_comes_after_the_timeout_leaves_the_connection_working(
+    fresh_nats_server: NatsServer,
+) -> None:
+    """A batch that timed out is retried; its PONG, when it finally comes, must not break the client's
+    reader (resolving a cancelled future would), or every later batch would time out too."""
+    publisher = NatsPublisher(
+        NatsSettings(servers=(fresh_nats_server.url,), subject_prefix=unique_name("late")),
+        publish_timeout_s=0.5,
+    )
+    await publisher.start()
+    pid = fresh_nats_server.pid
+    assert pid is not None
+    events = mixed_events(2)
+    try:
+        os.kill(pid, signal.SIGSTOP)  # the server answers nothing until SIGCONT
+        try:
+            with pytest.raises(BusUnavailable):
+                await publisher.publish_batch(events[:2])
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await publisher.publish_batch(events[2:])  # confirmed: the late PONG was taken in stride
+        await publisher.publish_batch(events[:2])
+    finally:
+        await publisher.aclose()

@@ -178,6 +178,7 @@ async def test_outage_then_recovery(
         overflow=overflow,
         on_drop=drops,
         max_batch=8,
+        max_in_flight=4,  # the default: core NATS keeps up to 4 batches in flight across the cut
         retry_initial_s=0.05,
         retry_max_s=0.5,
     )

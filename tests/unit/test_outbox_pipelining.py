@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
-from bridge.bus.base import Pipelined, unavailable
+from bridge.bus.base import Pipelined, rejected, unavailable
 from bridge.bus.outbox import Outbox
 from bridge.events.cloudevent import CloudEvent
 from support.events import context, make_event
@@ -28,6 +28,8 @@ class Manual:
 
     def __init__(self, *, pipelining: bool = True) -> None:
         self.pipelining = pipelining
+        self.refuse = False  # the next hand-overs raise BusUnavailable
+        self.refused = 0
         self.handed: list[list[int]] = []  # sequences of each batch, in hand-over order
         self.pending: list[asyncio.Future[None]] = []
         self.delivered: list[int] = []  # sequences of confirmed batches, in confirmation order
@@ -36,6 +38,9 @@ class Manual:
         pass
 
     async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]:
+        if self.refuse:
+            self.refused += 1
+            raise unavailable("manual", "not connected")
         batch = [e.sequence for e in events]
         self.handed.append(batch)
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -201,3 +206,62 @@ async def test_the_flights_never_take_the_last_evictable_slot() -> None:
 def test_max_in_flight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_in_flight"):
         Outbox(Manual(), capacity=10, overflow="block", on_drop=_no_drops, max_in_flight=0)
+
+
+async def _confirm_all(publisher: Manual, outbox: Outbox, count: int) -> None:
+    async def confirmed() -> None:
+        while outbox.published < count:
+            for future in publisher.pending:
+                if not future.done():
+                    future.set_result(None)
+            await asyncio.sleep(0.005)  # polls the outbox; each round confirms what was handed over
+
+    await asyncio.wait_for(confirmed(), 5)
+
+
+async def test_nothing_is_handed_over_behind_a_failed_hand_over() -> None:
+    publisher = Manual()
+    outbox = _outbox(publisher)
+    outbox.start()
+    events = _events(6)
+    for event in events[:2]:
+        await outbox.put(event)
+    await eventually(lambda: len(publisher.handed) == 1, within=2, what="the first batch in flight")
+    publisher.refuse = True
+    for event in events[2:4]:
+        await outbox.put(event)
+    await eventually(lambda: publisher.refused == 1, within=2, what="a refused hand-over")
+    publisher.refuse = False
+    for event in events[4:]:
+        await outbox.put(event)
+    await asyncio.sleep(0.05)  # a hand-over behind the failed one would be a bug: give it the chance
+    assert len(publisher.handed) == 1
+    await _confirm_all(publisher, outbox, 6)
+    await outbox.aclose(1)
+    assert publisher.delivered == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_refused_batch_is_dropped_and_the_later_ones_are_sent_again() -> None:
+    publisher = Manual()
+    dropped: list[int] = []
+    outbox = Outbox(
+        publisher,
+        capacity=100,
+        overflow="block",
+        on_drop=lambda _, events: dropped.extend(e.sequence for e in events),
+        max_batch=2,
+        max_in_flight=3,
+    )
+    outbox.start()
+    for event in _events(6):
+        await outbox.put(event)
+    await eventually(lambda: len(publisher.handed) == 3, within=2, what="three batches in flight")
+    publisher.pending[0].set_exception(rejected("manual", "record too large"))
+    publisher.pending[1].set_result(None)
+    publisher.pending[2].set_result(None)
+    await _confirm_all(publisher, outbox, 4)
+    await outbox.aclose(1)
+    assert dropped == [1, 2]
+    assert outbox.failed_batches == 1
+    assert not outbox.outage
+    assert publisher.handed[3:] == [[3, 4], [5, 6]]
