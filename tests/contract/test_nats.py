@@ -7,6 +7,7 @@ import os
 import re
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from cloudevents.core.formats.json import JSONFormat
@@ -139,6 +140,7 @@ async def test_a_pong_that_comes_after_the_timeout_leaves_the_connection_working
     try:
         os.kill(pid, signal.SIGSTOP)  # the server answers nothing until SIGCONT
         try:
+            await eventually(lambda: _stopped(pid), within=5, what="nats-server to stop")
             with pytest.raises(BusUnavailable):
                 await publisher.publish_batch(events[:2])
         finally:
@@ -147,3 +149,9 @@ async def test_a_pong_that_comes_after_the_timeout_leaves_the_connection_working
         await publisher.publish_batch(events[:2])
     finally:
         await publisher.aclose()
+
+
+def _stopped(pid: int) -> bool:
+    # /proc/<pid>/stat: "pid (comm) state ..."; T is stopped by a signal.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "T"
