@@ -66,13 +66,17 @@ def _no_drops(bus: str, events: list[CloudEvent]) -> None:
     raise AssertionError(f"{bus}: {len(events)} events dropped")
 
 
-def _outbox(publisher: Manual, *, max_in_flight: int = 3, capacity: int = 100) -> Outbox:
+def _outbox(
+    publisher: Manual, *, max_in_flight: int = 3, capacity: int = 100, dropped: list[int] | None = None
+) -> Outbox:
+    """Batches of 2; ``dropped`` collects the sequences of dropped events (None: a drop fails the test)."""
     assert isinstance(publisher, Pipelined)
+    on_drop = _no_drops if dropped is None else lambda _, events: dropped.extend(e.sequence for e in events)
     return Outbox(
         publisher,
         capacity=capacity,
         overflow="block",
-        on_drop=_no_drops,
+        on_drop=on_drop,
         max_batch=2,
         max_in_flight=max_in_flight,
         retry_initial_s=0.01,
@@ -161,14 +165,7 @@ async def test_without_pipelining_one_batch_is_in_flight() -> None:
 async def test_in_flight_events_past_the_shutdown_deadline_are_counted_as_dropped() -> None:
     publisher = Manual()
     dropped: list[int] = []
-    outbox = Outbox(
-        publisher,
-        capacity=100,
-        overflow="block",
-        on_drop=lambda _, events: dropped.extend(e.sequence for e in events),
-        max_batch=2,
-        max_in_flight=2,
-    )
+    outbox = _outbox(publisher, max_in_flight=2, dropped=dropped)
     outbox.start()
     for event in _events(5):
         await outbox.put(event)
@@ -244,14 +241,7 @@ async def test_nothing_is_handed_over_behind_a_failed_hand_over() -> None:
 async def test_a_refused_batch_is_dropped_and_the_later_ones_are_sent_again() -> None:
     publisher = Manual()
     dropped: list[int] = []
-    outbox = Outbox(
-        publisher,
-        capacity=100,
-        overflow="block",
-        on_drop=lambda _, events: dropped.extend(e.sequence for e in events),
-        max_batch=2,
-        max_in_flight=3,
-    )
+    outbox = _outbox(publisher, max_in_flight=3, dropped=dropped)
     outbox.start()
     for event in _events(6):
         await outbox.put(event)
