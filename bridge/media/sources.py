@@ -28,6 +28,7 @@ __all__ = [
     "describe",
     "open_source",
     "passthrough_codec",
+    "query_refused",
     "redact_url",
     "url_allowed",
 ]
@@ -46,6 +47,9 @@ _NETWORK_PROTOCOLS: Final = "http,https,tls,tcp,udp,rtp,srtp,rtsp,rtsps,rtmp,rtm
 # the media themselves. Not playlists or manifests (hls, dash, concat, sdp, ...): those open further
 # URLs or files that the allow-list (or publish_dir) never saw, e.g. a segment at an internal address.
 _FORMATS: Final = "ogg,matroska,webm,mov,mp4,ivf,h264,hevc,wav,flac,mp3,aac,flv,mpegts,avi,mjpeg,rtsp"
+# Protocols whose URL query FFmpeg reads as its own options (``?listen=1``, ``?localport=``, ``?reuse=1``,
+# ...): the allow-list would see the same place, FFmpeg would bind or listen where it was told.
+_QUERY_IS_OPTIONS: Final = frozenset({"tcp", "tls", "udp", "rtp", "srtp", "srt"})
 # Ports a URL may leave out: "https://h/" and "https://h:443/" name the same place.
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443}
 
@@ -118,6 +122,22 @@ def url_allowed(url: str, prefixes: tuple[str, ...]) -> bool:
         ):
             return True
     return False
+
+
+def query_refused(url: str) -> str | None:
+    """Why ``url`` may not be opened even below an allowed prefix, or None.
+
+    FFmpeg takes the query of a tcp, tls, udp, rtp, srtp or srt URL as socket options, so a command could
+    make the bridge listen on or bind a port of its choosing. Such URLs may not carry a query.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the URL cannot be parsed"
+    scheme = parts.scheme.lower()
+    if scheme in _QUERY_IS_OPTIONS and parts.query:
+        return f"a {scheme} URL may not carry a query (FFmpeg would take it as socket options)"
+    return None
 
 
 def _path_below(path: str, root: str) -> bool:

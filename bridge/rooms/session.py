@@ -32,7 +32,7 @@ from bridge.media.peer import MediaPeer, RemoteTrack
 from bridge.media.playback import PlaybackTrack, open_playback
 from bridge.media.publisher import PublisherPeer
 from bridge.media.recorder import Recorder
-from bridge.media.sources import redact_url, url_allowed
+from bridge.media.sources import query_refused, redact_url, url_allowed
 from bridge.media.subscriptions import SubscriptionPolicy
 from bridge.rooms.state import RoomState
 from bridge.signaling.auth import mint_join_token
@@ -393,6 +393,9 @@ class RoomSession:
             raise MediaRefused(
                 "not_allowed", f"{redact_url(url)} is not below a prefix in media.publish_url_allow"
             )
+        problem = query_refused(url)
+        if problem is not None:
+            raise MediaRefused("not_allowed", f"{redact_url(url)}: {problem}")
         return url
 
     def _publish_file_path(self, path: str) -> Path:

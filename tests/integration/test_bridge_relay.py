@@ -387,7 +387,9 @@ async def test_publish_track_from_an_allowed_url(tmp_path: Path, caplog: pytest.
     await asyncio.to_thread(write_video, tmp_path / "other" / "clip.ivf", "libvpx", 1.0)
     with _http_server(tmp_path) as http_server:
         base = f"http://127.0.0.1:{http_server.server_address[1]}"
-        media = MediaSettings(publish_dir=tmp_path, publish_url_allow=(f"{base}/clips/",))
+        media = MediaSettings(
+            publish_dir=tmp_path, publish_url_allow=(f"{base}/clips/", "udp://127.0.0.1:5000")
+        )
         async with bridged(media) as (server, _, bridge, command):
             session = bridge.supervisor.sessions[ROOM]
             sim = server.session(ROOM, IDENTITY).media
@@ -412,6 +414,8 @@ async def test_publish_track_from_an_allowed_url(tmp_path: Path, caplog: pytest.
                     "not_allowed",
                 ),
                 (commands_pb2.PublishTrack(url=f"{base}.evil.example/clips/clip.ivf"), "not_allowed"),
+                # Allowed place, but FFmpeg would take the query as socket options and listen.
+                (commands_pb2.PublishTrack(url="udp://127.0.0.1:5000?listen=1&localport=9"), "not_allowed"),
                 (commands_pb2.PublishTrack(url=f"{secret_url}/clips/missing.ivf?token=sekrit"), "not_found"),
                 (commands_pb2.PublishTrack(url=url, path="clips/clip.ivf"), "invalid_path"),  # both
                 (commands_pb2.PublishTrack(name="nothing"), "invalid_path"),  # neither

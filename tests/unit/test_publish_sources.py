@@ -21,6 +21,7 @@ from bridge.media.sources import (
     choose_kind,
     open_source,
     passthrough_codec,
+    query_refused,
     redact_url,
     url_allowed,
 )
@@ -120,6 +121,28 @@ ALLOW = ("https://media.example.com/clips/", "rtsp://cam.local:8554", "http://12
 )
 def test_url_allowed(url: str, allowed: bool) -> None:
     assert url_allowed(url, ALLOW) is allowed
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("udp://127.0.0.1:5000?localport=5001", True),
+        ("UDP://127.0.0.1:5000?reuse=1", True),
+        ("srt://relay.example.com:9000?mode=listener", True),
+        ("tcp://relay.example.com:9000?listen=1", True),
+        ("rtp://239.0.0.1:5004?localaddr=10.0.0.1", True),
+        ("tls://relay.example.com:9000?listen=1", True),
+        ("udp://127.0.0.1:5000", False),
+        ("https://media.example.com/clips/a.mp4?token=abc", False),  # the server's business, not FFmpeg's
+        ("rtsp://cam.local:8554/any/stream?channel=1", False),
+    ],
+)
+def test_query_refused_where_ffmpeg_reads_it_as_socket_options(url: str, refused: bool) -> None:
+    problem = query_refused(url)
+    assert (problem is not None) is refused
+    if problem is not None:
+        assert "?" not in problem
+        assert "query" in problem
 
 
 def test_no_url_is_allowed_by_an_empty_list() -> None:
