@@ -50,6 +50,9 @@ _FORMATS: Final = "ogg,matroska,webm,mov,mp4,ivf,h264,hevc,wav,flac,mp3,aac,flv,
 # Protocols whose URL query FFmpeg reads as its own options (``?listen=1``, ``?localport=``, ``?reuse=1``,
 # ...): the allow-list would see the same place, FFmpeg would bind or listen where it was told.
 _QUERY_IS_OPTIONS: Final = frozenset({"tcp", "tls", "udp", "rtp", "srtp", "srt"})
+# rtmp://host/app/<stream key>: the key is a publishing credential.
+_RTMP: Final = frozenset({"rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"})
+_REDACTED: Final = "REDACTED"
 # Ports a URL may leave out: "https://h/" and "https://h:443/" name the same place.
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443}
 
@@ -78,7 +81,8 @@ class MediaInfo:
 
 
 def redact_url(url: str) -> str:
-    """``scheme://host[:port]/path``: userinfo, query and fragment are dropped (they may be secrets)."""
+    """``scheme://host[:port]/path``: userinfo, query and fragment are dropped (they may be secrets), and
+    so is an RTMP URL's path after the application name: that is where its stream key goes."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -88,7 +92,11 @@ def redact_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    path = parts.path
+    if parts.scheme.lower() in _RTMP:
+        app, _, key = path.lstrip("/").partition("/")
+        path = f"/{app}/{_REDACTED}" if key else path
+    return f"{parts.scheme}://{netloc}{path}"
 
 
 def url_allowed(url: str, prefixes: tuple[str, ...]) -> bool:

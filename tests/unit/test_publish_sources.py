@@ -83,6 +83,9 @@ def test_codec_preferences_name_one_codec_plus_rtx() -> None:
         ("rtsp://cam.local/stream1", "rtsp://cam.local/stream1"),
         ("http://[::1]:8080/a.ivf?x=1", "http://[::1]:8080/a.ivf"),
         ("srt://token@10.0.0.1:9000?passphrase=secret", "srt://10.0.0.1:9000"),
+        ("rtmp://live.example.com/live/sk-live-1234", "rtmp://live.example.com/live/REDACTED"),
+        ("RTMPS://live.example.com:443/app/inst/key?x=1", "rtmps://live.example.com:443/app/REDACTED"),
+        ("rtmp://live.example.com/live", "rtmp://live.example.com/live"),
         ("http://host:notaport/x?secret=1", "<unparseable URL>"),
     ],
 )
