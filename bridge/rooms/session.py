@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S: Final = 5.0
 SIDE_QUEUE: Final = 4096  # data packets and gap reports waiting to be emitted, per room
 PUBLISH_TIMEOUT_S: Final = 10.0  # track_published, then the publisher PC's renegotiation
+ABANDONED_CIDS: Final = 64  # publishes that gave up, remembered for a late track_published
 URL_TRACK_NAME: Final = "stream"  # the name of a track published from a URL without ``name``
 _FORWARD_CODECS: Final = {"audio/opus": "opus", "video/vp8": "vp8", "video/h264": "h264"}
 _STREAM_PARTS: Final = frozenset({"stream_header", "stream_chunk", "stream_trailer"})
@@ -140,6 +141,8 @@ class RoomSession:
         )
         self.published: dict[str, tuple[str, PlaybackTrack]] = {}  # track sid -> (cid, playing track)
         self._publishing: dict[str, asyncio.Future[rtc.SignalResponse]] = {}  # cid -> LiveKit's answer
+        # cids whose publish gave up waiting: a track_published that still comes is taken back.
+        self._abandoned: collections.deque[str] = collections.deque(maxlen=ABANDONED_CIDS)
         self.publisher = PublisherPeer(send=self._send_media, room=room)
         self.text_streams: TextStreamAssembler | None = None
         if events is not None and events.assemble_text_streams:
@@ -336,6 +339,8 @@ class RoomSession:
                 ) from None
         finally:
             self._publishing.pop(cid, None)
+            if answer.cancelled() or not answer.done():
+                self._abandoned.append(cid)  # timed out or cancelled: LiveKit may still answer
         if response.WhichOneof("message") == "request_response":
             refusal = response.request_response
             code = rtc.RequestResponse.Reason.Name(refusal.reason).lower()
@@ -504,6 +509,15 @@ class RoomSession:
         waiting = self._publishing.get(cid)
         if waiting is not None and not waiting.done():
             waiting.set_result(response)
+        elif cid in self._abandoned and response.WhichOneof("message") == "track_published":
+            self._abandoned.remove(cid)
+            sid = response.track_published.track.sid
+            log.warning(
+                "room=%s LiveKit published track %s after its publish_track gave up; withdrawing it",
+                self.room,
+                sid,
+            )
+            self._withdraw(sid, cid)
 
     def _send_media(self, request: rtc.SignalRequest) -> None:
         self.connection.send_request(request)

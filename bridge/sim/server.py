@@ -73,6 +73,7 @@ class Refusals:
     resumes: bool = False  # answer every resume with leave{STATE_MISMATCH, RECONNECT}
     joins_status: int | None = None  # answer every upgrade with this HTTP status
     join_delay_s: float = 0.0
+    track_published_delay_s: float = 0.0  # answer an AddTrackRequest this late
 
 
 @dataclass

@@ -423,7 +423,12 @@ class ClientSession:
             audio_features=list(req.audio_features),
         )
         self._pending_tracks[req.cid] = track
-        self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track)))
+        published = rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
+        delay = self.server.refusals.track_published_delay_s
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self.send, published)
+        else:
+            self.send(published)
         self.room.add_track(self.participant, track, None)
 
     async def _mute(self, req: rtc.MuteTrackRequest) -> None:

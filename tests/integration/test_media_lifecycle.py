@@ -28,6 +28,7 @@ from bridge._proto import commands_pb2, events_pb2
 from bridge.config import MediaSettings
 from bridge.errors import MediaRefused
 from bridge.events.cloudevent import CloudEvent
+from bridge.rooms import session as session_module
 from bridge.sim.ice import use_loopback_only
 from support.media_bridge import MediaBridge, media_bridge
 from support.media_files import write_ogg_opus
@@ -317,3 +318,22 @@ async def test_a_track_livekit_announced_is_taken_back_when_its_publish_fails(tm
         await eventually(lambda: announced[0].muted, within=TIMEOUT, what="the announced track muted")
         assert not session.published
     assert not setup.events(PUBLISH_FINISHED)  # never published, so never finished
+
+
+async def test_a_track_livekit_publishes_after_the_command_gave_up_is_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await asyncio.to_thread(write_ogg_opus, tmp_path / "tone.ogg", 1.0)
+    monkeypatch.setattr(session_module, "PUBLISH_TIMEOUT_S", 0.5)
+    media = MediaSettings(publish_dir=tmp_path)
+    async with media_bridge(ROOM, media, can_publish=True) as setup:
+        setup.server.refusals.track_published_delay_s = 1.5  # LiveKit answers after the bridge gave up
+        msg = commands_pb2.PublishTrack(path="tone.ogg")
+        result = await setup.command("bridge.publish_track", msg, "late-1")
+        assert (result.status, result.code) == (FAILED, "timeout"), result
+
+        announced = setup.server.rooms[ROOM].participants[IDENTITY].info.tracks
+        assert len(announced) == 1
+        # The late track_published arrives: the bridge takes the track back instead of leaving it listed.
+        await eventually(lambda: announced[0].muted, within=TIMEOUT, what="the late track muted")
+        assert not setup.session.published
