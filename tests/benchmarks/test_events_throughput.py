@@ -72,6 +72,8 @@ from support.bench import (
     REPO,
     active_rooms,
     cpu_seconds,
+    machine_jiffies,
+    machine_load,
     own_cpu_seconds,
     pct,
     report,
@@ -125,6 +127,8 @@ class Phase:
     bridge_us_per_event: float = 0.0
     bridge_rss_mb: float = 0.0
     other_cpu_percent: dict[str, float] = field(default_factory=dict)  # tansu, nats-server, consumer
+    machine_busy_percent: float = 0.0  # of one core, all cores summed (200 = both cores busy)
+    steal_percent: float = 0.0  # of the machine's time, taken by the hypervisor for other guests
     sustained: bool = False
     why_not: str = ""
 
@@ -198,6 +202,12 @@ def _table(r: Results) -> str:
         + "; ".join(
             f"{p.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.other_cpu_percent.items())
             for p in r.phases
+        )
+    )
+    lines.append(
+        f"machine per phase (busy % of one core, {os.cpu_count()} cores summed; hypervisor steal %): "
+        + "; ".join(
+            f"{p.name}: busy {p.machine_busy_percent:.0f}, steal {p.steal_percent:.1f}" for p in r.phases
         )
     )
     lines.append("goals: " + "; ".join(f"{k}: {v}" for k, v in r.goals.items()))
@@ -618,12 +628,14 @@ def _run_phase(
     before = _count(consumer, logs["consumer"])
     cpu0 = cpu_seconds(bridge_pid)
     other0 = {k: cpu_seconds(pid) for k, pid in others.items()}
+    machine0 = machine_jiffies()
     w0 = time.monotonic()
     sim.stdin.write(f"run {rate} {seconds}\n".encode())
     sim.stdin.flush()
     fields = _read_line(sim, "DONE", seconds + 30, logs["sim"])
     cpu1 = cpu_seconds(bridge_pid)
     other1 = {k: cpu_seconds(pid) for k, pid in others.items()}
+    busy, steal = machine_load(machine0, machine_jiffies())
     w1 = time.monotonic()
     after = _count(consumer, logs["consumer"])
     emitted, t0, t1, sim_cpu = int(fields[1]), int(fields[2]), int(fields[3]), float(fields[4])
@@ -639,6 +651,8 @@ def _run_phase(
         bridge_us_per_event=round((cpu1 - cpu0) * 1e6 / max(1, emitted), 1),
         bridge_rss_mb=round(rss_mb(bridge_pid), 1),
         other_cpu_percent={k: round(100 * (other1[k] - other0[k]) / (w1 - w0), 1) for k in others},
+        machine_busy_percent=busy,
+        steal_percent=steal,
     )
     time.sleep(DRAIN_S)  # deliberate: the pipeline drains before the next phase
     return phase, t0, t1, (after[0] - before[0], after[1] - before[1])

@@ -135,6 +135,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_jiffies() -> tuple[int, int, int]:
+    """``(busy, steal, total)`` clock ticks of all cores since boot, from /proc/stat's ``cpu`` line.
+
+    Steal is time the hypervisor gave this VM's cores to someone else: a noisy neighbour, in numbers.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, steal, sum(fields)
+
+
+def machine_load(start: tuple[int, int, int], end: tuple[int, int, int]) -> tuple[float, float]:
+    """Between two :func:`machine_jiffies`: (% of ONE core busy, summed over all cores; % steal)."""
+    total = max(1, end[2] - start[2])
+    cores = os.cpu_count() or 1
+    return round(100 * cores * (end[0] - start[0]) / total, 1), round(100 * (end[1] - start[1]) / total, 1)
+
+
 def status_value(pid: int, key: str) -> int:
     """A number from /proc/PID/status (``VmRSS`` in kB, ``Threads``…)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
