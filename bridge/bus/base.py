@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 from bridge.errors import BusError, BusUnavailable, PublishFailed
 from bridge.events.cloudevent import CloudEvent
 
-__all__ = ["Pipelined", "Publisher", "rejected", "unavailable"]
+__all__ = ["Pipelined", "Publisher", "nothing_to_confirm", "rejected", "unavailable"]
 
 
 @runtime_checkable
@@ -60,6 +60,10 @@ class Pipelined(Protocol):
     pipelining: bool
 
     async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]: ...
+
+
+async def nothing_to_confirm() -> None:
+    """What ``submit_batch`` returns for an empty batch."""
 
 
 def unavailable(bus: str, what: str, exc: BaseException | None = None) -> BusUnavailable:

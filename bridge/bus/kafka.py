@@ -38,7 +38,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge.bus.base import rejected, unavailable
+from bridge.bus.base import nothing_to_confirm, rejected, unavailable
 from bridge.bus.bindings import kafka_key, kafka_record
 from bridge.config import KafkaSettings
 from bridge.errors import BusError
@@ -186,7 +186,7 @@ class KafkaPublisher:
     async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]:
         """Hand the batch to aiokafka's queue; what it returns waits for the acknowledgements."""
         if not events:
-            return _nothing()
+            return nothing_to_confirm()
         if self._producer is None:
             await self.start()
         producer = self._producer
@@ -266,7 +266,3 @@ class KafkaPublisher:
                 self._partition_of.clear()
             p = self._partition_of[key] = partition_for(key, partitions)
         return p
-
-
-async def _nothing() -> None:
-    """The acknowledgement of an empty batch."""

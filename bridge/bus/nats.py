@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
 
-from bridge.bus.base import rejected, unavailable
+from bridge.bus.base import nothing_to_confirm, rejected, unavailable
 from bridge.bus.bindings import NATS_STRUCTURED_HEADERS, nats_binary_headers, nats_structured, nats_subject
 from bridge.bus.nats_wire import batch_frames, header_block
 from bridge.config import NatsSettings
@@ -193,7 +193,7 @@ class NatsPublisher:
         """Core: write the batch and its flush PING now; what it returns waits for the PONG. JetStream:
         what it returns publishes and waits for the PubAcks (``pipelining`` is off there)."""
         if not events:
-            return _nothing()
+            return nothing_to_confirm()
         if self._nc is None or (self._jetstream and not self._stream_ready):
             await self.start()
         nc = self._nc
@@ -289,7 +289,3 @@ class NatsPublisher:
                 if not fut.done():
                     fut.cancel()
         self.duplicates += sum(1 for ack in acks if getattr(ack, "duplicate", False))
-
-
-async def _nothing() -> None:
-    """The confirmation of an empty batch."""

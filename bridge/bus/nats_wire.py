@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-__all__ = ["batch_frames", "header_block", "hpub"]
+__all__ = ["batch_frames", "header_block"]
 
 _STATUS_LINE: Final = b"NATS/1.0\r\n"
 _CRLF: Final = b"\r\n"
@@ -34,11 +34,6 @@ def header_block(headers: Mapping[str, str]) -> bytes:
         parts.append(f"{key}: {value}\r\n".encode())
     parts.append(_CRLF)
     return b"".join(parts)
-
-
-def hpub(subject: str, block: bytes, payload: bytes) -> bytes:
-    """One ``HPUB`` command (no reply subject) for an already encoded header ``block``."""
-    return b"".join((_head(subject, block, payload), block, payload, _CRLF))
 
 
 def batch_frames(messages: Iterable[tuple[str, bytes, bytes]]) -> bytes:

@@ -402,8 +402,7 @@ class Outbox:
                 flight.confirmed.cancel()
             await asyncio.gather(*(f.confirmed for f in self._flights), return_exceptions=True)
             for flight in reversed(self._flights):
-                self._queue.extendleft(reversed(flight.events))
-                self._stamps.extendleft(reversed(flight.stamps))
+                self._put_back(flight.events, flight.stamps)
             self._flights.clear()
             self._in_flight = 0
 
@@ -421,8 +420,7 @@ class Outbox:
                 confirmed = asyncio.ensure_future(self.publisher.publish_batch(events))
         except asyncio.CancelledError:
             self._in_flight -= n
-            self._queue.extendleft(reversed(events))
-            self._stamps.extendleft(reversed(stamps))
+            self._put_back(events, stamps)
             raise
         except Exception as exc:  # noqa: BLE001 (the hand-over failed: settled like a failed confirmation)
             confirmed = asyncio.get_running_loop().create_future()
@@ -456,8 +454,7 @@ class Outbox:
         self._flights.clear()
         self._in_flight = 0
         for f in reversed(later):
-            self._queue.extendleft(reversed(f.events))
-            self._stamps.extendleft(reversed(f.stamps))
+            self._put_back(f.events, f.stamps)
         if isinstance(exc, BusError):
             self.last_error = str(exc)
             if not exc.retriable:
@@ -473,10 +470,14 @@ class Outbox:
             self.last_error = f"{type(exc).__name__} (not translated by the {self.bus} adapter)"
             if self._outage_since is None:
                 self._log.error("bus %s: publish raised an untranslated error", self.bus, exc_info=exc)
-        self._queue.extendleft(reversed(flight.events))
-        self._stamps.extendleft(reversed(flight.stamps))
+        self._put_back(flight.events, flight.stamps)
         await self._backoff(attempt, exc)
         return attempt + 1
+
+    def _put_back(self, events: list[CloudEvent], stamps: list[float]) -> None:
+        """A batch that was not confirmed goes back to the head of the queue, in its order."""
+        self._queue.extendleft(reversed(events))
+        self._stamps.extendleft(reversed(stamps))
 
     def _published(self, stamps: list[float]) -> None:
         """Bookkeeping of a confirmed batch (``stamps``: its events' put times)."""
