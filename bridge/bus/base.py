@@ -14,13 +14,22 @@ Foreign exceptions (aiokafka, nats-py, OSError, timeouts) never cross this bound
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from typing import Protocol, runtime_checkable
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from bridge.errors import BusError, BusUnavailable, PublishFailed
 from bridge.events.cloudevent import CloudEvent
 
-__all__ = ["Pipelined", "Publisher", "nothing_to_confirm", "rejected", "unavailable"]
+__all__ = [
+    "Pipelined",
+    "Publisher",
+    "Translate",
+    "confirmation",
+    "nothing_to_confirm",
+    "rejected",
+    "unavailable",
+]
 
 
 @runtime_checkable
@@ -49,21 +58,83 @@ class Publisher(Protocol):
 
 @runtime_checkable
 class Pipelined(Protocol):
-    """A publisher that can hand a batch over before the previous one is confirmed (see the outbox).
+    """A publisher that hands a batch over and confirms it separately (see the outbox).
 
     ``submit_batch`` returns once the batch is handed to the client in order (written to the socket, in
-    the producer's queue); awaiting what it returns waits for the broker's acknowledgements. Both raise
-    BusError only. ``pipelining`` is False where the order of overlapping batches is not kept (JetStream:
-    a PubAck per message, and a failed one does not stop the next).
+    the producer's queue); the future it returns is done when the broker has acknowledged every event,
+    or failed with a BusError (after the publisher's own timeout at the latest). The outbox never awaits
+    it in a task of its own: it settles the batch in the future's done callback. ``pipelining`` is False
+    where the order of overlapping batches is not kept (JetStream: a PubAck per message, and a failed one
+    does not stop the next): the outbox then keeps one batch in flight.
     """
 
     pipelining: bool
 
-    async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]: ...
+    async def submit_batch(self, events: Sequence[CloudEvent]) -> asyncio.Future[None]: ...
 
 
-async def nothing_to_confirm() -> None:
-    """What ``submit_batch`` returns for an empty batch."""
+# A client's exception -> the BusError it means, or None for one the adapter does not know (a bug: the
+# outbox keeps the events and retries).
+Translate = Callable[[BaseException], BusError | None]
+
+
+def nothing_to_confirm() -> asyncio.Future[None]:
+    """What ``submit_batch`` returns for an empty batch: already confirmed."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
+def confirmation(
+    bus: str, acks: Sequence[asyncio.Future[Any]], timeout_s: float, translate: Translate
+) -> asyncio.Future[None]:
+    """A future done when every one of a client's ``acks`` is; failed with the first failure (translated),
+    or BusUnavailable once ``timeout_s`` has passed.
+
+    It is resolved in the acks' done callbacks, not by a task that awaits them: on a busy event loop every
+    task wake-up is one more turn through the ready queue before the batch counts as confirmed, and that
+    turn is what the next batch waits for. The acks are never cancelled: a client may still resolve them
+    after the timeout (nats-py's reader dies resolving a cancelled PONG future).
+    """
+    loop = asyncio.get_running_loop()
+    out: asyncio.Future[None] = loop.create_future()
+    pending = len(acks)
+
+    def fail(exc: BaseException) -> None:
+        if isinstance(exc, BusError):
+            out.set_exception(exc)
+            return
+        err = translate(exc)
+        if err is None:
+            out.set_exception(exc)
+        else:
+            err.__cause__ = exc
+            out.set_exception(err)
+
+    def acked(ack: asyncio.Future[Any]) -> None:
+        nonlocal pending
+        exc = asyncio.CancelledError() if ack.cancelled() else ack.exception()  # always retrieved
+        if out.done():
+            return
+        if exc is not None:
+            fail(exc)
+            return
+        pending -= 1
+        if pending == 0:
+            out.set_result(None)
+
+    def expired() -> None:
+        if not out.done():
+            out.set_exception(unavailable(bus, "publish not confirmed", TimeoutError()))
+
+    if not acks:
+        out.set_result(None)
+        return out
+    timer = loop.call_later(timeout_s, expired)
+    out.add_done_callback(lambda _: timer.cancel())
+    for ack in acks:
+        ack.add_done_callback(acked)
+    return out
 
 
 def unavailable(bus: str, what: str, exc: BaseException | None = None) -> BusUnavailable:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -38,7 +38,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge.bus.base import nothing_to_confirm, rejected, unavailable
+from bridge.bus.base import confirmation, nothing_to_confirm, rejected, unavailable
 from bridge.bus.bindings import kafka_key, kafka_record
 from bridge.config import KafkaSettings
 from bridge.errors import BusError
@@ -183,23 +183,19 @@ class KafkaPublisher:
     async def publish_batch(self, events: Sequence[CloudEvent]) -> None:
         await (await self.submit_batch(events))
 
-    async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]:
-        """Hand the batch to aiokafka's queue; what it returns waits for the acknowledgements."""
+    async def submit_batch(self, events: Sequence[CloudEvent]) -> asyncio.Future[None]:
+        """Hand the batch to aiokafka's queue; the future is done when every record is acknowledged."""
         if not events:
             return nothing_to_confirm()
         if self._producer is None:
             await self.start()
         producer = self._producer
-        deadline = asyncio.get_running_loop().time() + self._publish_timeout_s  # for both steps
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._publish_timeout_s  # for both steps
         with self._translated():
             async with asyncio.timeout_at(deadline):
-                futures = await self._send(producer, events)
-        return self._acknowledged(futures, deadline)
-
-    async def _acknowledged(self, futures: list[asyncio.Future[Any]], deadline: float) -> None:
-        with self._translated():
-            async with asyncio.timeout_at(deadline):
-                await asyncio.gather(*futures)
+                acks = await self._send(producer, events)
+        return confirmation(self.name, acks, max(0.0, deadline - loop.time()), self._translate)
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -207,13 +203,21 @@ class KafkaPublisher:
             yield
         except BusError:
             raise
-        except REJECTED as exc:
-            raise rejected(self.name, f"broker refused a record for topic {self.topic}", exc) from exc
-        except TopicAuthorizationFailedError as exc:
+        except Exception as exc:
+            err = self._translate(exc)
+            if err is None:
+                raise
+            raise err from exc
+
+    def _translate(self, exc: BaseException) -> BusError | None:
+        if isinstance(exc, REJECTED):
+            return rejected(self.name, f"broker refused a record for topic {self.topic}", exc)
+        if isinstance(exc, TopicAuthorizationFailedError):
             # Not the record's fault: keep the events until the ACL is fixed.
-            raise unavailable(self.name, f"not authorised to write to {self.topic}", exc) from exc
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise unavailable(self.name, "publish not acknowledged", exc) from exc
+            return unavailable(self.name, f"not authorised to write to {self.topic}", exc)
+        if isinstance(exc, (KafkaError, OSError, TimeoutError, asyncio.CancelledError)):
+            return unavailable(self.name, "publish not acknowledged", exc)
+        return None
 
     async def _send(self, producer: Any, events: Sequence[CloudEvent]) -> list[asyncio.Future[Any]]:
         partitions = await self._partitions_of(producer)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import nats
@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
 
-from bridge.bus.base import nothing_to_confirm, rejected, unavailable
+from bridge.bus.base import confirmation, nothing_to_confirm, rejected, unavailable
 from bridge.bus.bindings import NATS_STRUCTURED_HEADERS, nats_binary_headers, nats_structured, nats_subject
 from bridge.bus.nats_wire import batch_frames, header_block
 from bridge.config import NatsSettings
@@ -189,9 +189,9 @@ class NatsPublisher:
     async def publish_batch(self, events: Sequence[CloudEvent]) -> None:
         await (await self.submit_batch(events))
 
-    async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]:
-        """Core: write the batch and its flush PING now; what it returns waits for the PONG. JetStream:
-        what it returns publishes and waits for the PubAcks (``pipelining`` is off there)."""
+    async def submit_batch(self, events: Sequence[CloudEvent]) -> asyncio.Future[None]:
+        """Core: write the batch and its flush PING now; the future is done when the PONG comes. JetStream:
+        the future publishes and waits for the PubAcks (``pipelining`` is off there)."""
         if not events:
             return nothing_to_confirm()
         if self._nc is None or (self._jetstream and not self._stream_ready):
@@ -206,27 +206,34 @@ class NatsPublisher:
         if any(len(payload) > limit for _, payload, _ in messages):
             raise rejected(self.name, f"an event exceeds the server's max_payload ({limit} bytes)")
         if self._jetstream:
-            return self._confirmed(self._publish_jetstream(messages))
-        # Shielded: a timeout must not cancel the future nats-py will resolve when the PONG comes after all
-        # (resolving a cancelled future kills its reader).
-        return self._confirmed(asyncio.shield(self._publish_core(nc, events, messages)))
+            return asyncio.ensure_future(self._jetstream_confirmed(messages))
+        pong = self._publish_core(nc, events, messages)
+        return confirmation(self.name, (pong,), self._publish_timeout_s, self._translate)
 
-    async def _confirmed(self, confirmation: Awaitable[None]) -> None:
+    async def _jetstream_confirmed(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
         try:
             async with asyncio.timeout(self._publish_timeout_s):
-                await confirmation
+                await self._publish_jetstream(messages)
         except BusError:
             raise
-        except nats.errors.MaxPayloadError as exc:
-            raise rejected(self.name, "an event exceeds the server's max_payload", exc) from exc
-        except nats.js.errors.APIError as exc:
+        except Exception as exc:
+            err = self._translate(exc)
+            if err is None:
+                raise
+            raise err from exc
+
+    def _translate(self, exc: BaseException) -> BusError | None:
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            return rejected(self.name, "an event exceeds the server's max_payload", exc)
+        if isinstance(exc, nats.js.errors.APIError):
             if exc.code in _JS_REJECT_CODES:
-                raise rejected(self.name, f"JetStream refused a record (code {exc.code})", exc) from exc
+                return rejected(self.name, f"JetStream refused a record (code {exc.code})", exc)
             if isinstance(exc, nats.js.errors.NoStreamResponseError):
                 self._stream_ready = False  # the stream may be gone: look again before the retry
-            raise unavailable(self.name, f"JetStream error (code {exc.code})", exc) from exc
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
-            raise unavailable(self.name, "publish not confirmed", exc) from exc
+            return unavailable(self.name, f"JetStream error (code {exc.code})", exc)
+        if isinstance(exc, (nats.errors.Error, OSError, TimeoutError, asyncio.CancelledError)):
+            return unavailable(self.name, "publish not confirmed", exc)
+        return None
 
     def _encode(self, events: Sequence[CloudEvent]) -> list[tuple[str, bytes, dict[str, str]]]:
         prefix = self._prefix

@@ -29,8 +29,11 @@ next ``batch_interval_s`` instead of after that round trip. Once a batch has fai
 over; the outbox waits for the batches before and after it, then puts the failed one and every later one
 back at the head of the queue (they may have landed: at-least-once, in order) and retries with one batch in
 flight until one succeeds. The publisher must keep overlapping batches in order and fail a batch whose
-fate is unknown (core NATS: one connection, and a lost connection fails every unconfirmed PING). Other
-publishers, and JetStream, keep one batch in flight.
+fate is unknown (core NATS: one connection, and a lost connection fails every unconfirmed PING). Kafka
+and JetStream keep one batch in flight. A confirmed batch is settled in its confirmation's done callback
+(:func:`~bridge.bus.base.confirmation`): on a loop busy with thousands of frames a second, each task
+wake-up between the broker's answer and the bookkeeping is another pass through the ready queue, and the
+next batch waits for it (measured at 5,000 events/s: NATS put -> confirmed p99 from 11-25 ms down to 9).
 
 Added latency: the outbox stamps each event (``time.monotonic()``, in a deque parallel to the queue, so the
 CloudEvent is untouched) when it is put -- :class:`EventFanout` takes one stamp per event for every bus,
@@ -231,9 +234,11 @@ class Outbox:
         # drop_oldest can evict (events being published cannot be taken back).
         self.max_batch = min(max_batch, capacity - 1)
         self.batch_interval_s = batch_interval_s
-        pipelined = publisher if isinstance(publisher, Pipelined) and publisher.pipelining else None
-        self._submit = pipelined.submit_batch if pipelined is not None else None
-        self.max_in_flight = max_in_flight if pipelined is not None else 1
+        # A Pipelined publisher's batches are settled in their confirmation's done callback (no task per
+        # batch); more than one in flight only where it keeps overlapping batches in order.
+        self._submit = publisher.submit_batch if isinstance(publisher, Pipelined) else None
+        pipelining = self._submit is not None and getattr(publisher, "pipelining", False)
+        self.max_in_flight = max_in_flight if pipelining else 1
         self._batch_started = -math.inf
         self._on_drop = on_drop
         # Called after a successful batch once the outbox is neither down nor overflowing: the moment
@@ -247,6 +252,7 @@ class Outbox:
         self._stamps: deque[float] = deque()  # time.monotonic() at put, parallel to _queue
         self.latency = LatencyHistogram()  # put -> broker-confirmed, per published event
         self._in_flight = 0  # events in self._flights
+        self._attempt = 0  # failed attempts in a row (the backoff's exponent); 0 after any success
         self._flights: deque[_Flight] = deque()  # oldest first
         self._not_full = asyncio.Event()
         self._not_full.set()
@@ -372,15 +378,14 @@ class Outbox:
     # -- draining ------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        attempt = 0
         try:
             while True:
                 self._wake.clear()
                 if self._flights and self._flights[0].confirmed.done():
-                    attempt = await self._settle(attempt)
+                    await self._settle()
                     continue
                 # After a failure, one batch at a time until one gets through.
-                limit = self.max_in_flight if attempt == 0 else 1
+                limit = self.max_in_flight if self._attempt == 0 else 1
                 room = self.capacity - 1 - self._in_flight  # keeps one queued event evictable when full
                 if self._queue and len(self._flights) < limit and room > 0 and not self._failing():
                     if len(self._queue) < self.max_batch and not self._closing.is_set():
@@ -396,8 +401,9 @@ class Outbox:
                     return
                 await self._wake.wait()
         finally:
-            # Cancelled (the shutdown deadline passed): what was in flight goes back to be counted as dropped,
-            # once the publisher's part has unwound (it is closed next).
+            # Cancelled (the shutdown deadline passed): what was in flight and not confirmed goes back to be
+            # counted as dropped, once the publisher's part has unwound (it is closed next).
+            self._settle_confirmed()
             for flight in self._flights:
                 flight.confirmed.cancel()
             await asyncio.gather(*(f.confirmed for f in self._flights), return_exceptions=True)
@@ -415,7 +421,7 @@ class Outbox:
         confirmed: asyncio.Future[None]
         try:
             if self._submit is not None:
-                confirmed = asyncio.ensure_future(await self._submit(events))
+                confirmed = await self._submit(events)
             else:
                 confirmed = asyncio.ensure_future(self.publisher.publish_batch(events))
         except asyncio.CancelledError:
@@ -431,21 +437,33 @@ class Outbox:
     def _flight_done(self, confirmed: asyncio.Future[None]) -> None:
         if not confirmed.cancelled():
             confirmed.exception()  # retrieved here; a later flight's failure is settled with the oldest's
+        # Confirmed batches are settled right here: waking the task first would add a turn of a busy loop to
+        # every batch's latency. Failures are the task's (they wait for the later flights, then back off).
+        self._settle_confirmed()
         self._wake.set()
+
+    def _settle_confirmed(self) -> bool:
+        """Settle the confirmed flights at the head, oldest first; True if there were any."""
+        flights, settled = self._flights, False
+        while flights and flights[0].confirmed.done() and flights[0].failure(self.bus) is None:
+            flight = flights.popleft()
+            self._in_flight -= len(flight.events)
+            self._published(flight.stamps)
+            self._attempt = 0
+            settled = True
+        return settled
 
     def _failing(self) -> bool:
         """A flight failed and is not settled yet: nothing may be handed over behind it."""
         return any(f.confirmed.done() and f.failure(self.bus) is not None for f in self._flights)
 
-    async def _settle(self, attempt: int) -> int:
-        """Settle the oldest flight (done); returns the next retry attempt number (0 after a success)."""
+    async def _settle(self) -> None:
+        """Settle the oldest flight (done): confirmed, or failed and put back for a retry."""
+        if self._settle_confirmed():
+            return
         flight = self._flights[0]
         exc = flight.failure(self.bus)
-        if exc is None:
-            self._flights.popleft()
-            self._in_flight -= len(flight.events)
-            self._published(flight.stamps)
-            return 0
+        assert exc is not None
         # Every later flight settles first (they stay tracked meanwhile, for a cancel to give them back);
         # then they all go back in order, the failed one first.
         if len(self._flights) > 1:
@@ -464,15 +482,15 @@ class Outbox:
                 )
                 self._drop(flight.events)
                 self._space_freed()
-                return attempt
+                return
         else:
             # A foreign exception is an adapter bug; keep the events and retry rather than lose them.
             self.last_error = f"{type(exc).__name__} (not translated by the {self.bus} adapter)"
             if self._outage_since is None:
                 self._log.error("bus %s: publish raised an untranslated error", self.bus, exc_info=exc)
         self._put_back(flight.events, flight.stamps)
-        await self._backoff(attempt, exc)
-        return attempt + 1
+        await self._backoff(self._attempt, exc)
+        self._attempt += 1
 
     def _put_back(self, events: list[CloudEvent], stamps: list[float]) -> None:
         """A batch that was not confirmed goes back to the head of the queue, in its order."""

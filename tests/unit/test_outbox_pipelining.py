@@ -4,7 +4,7 @@ order, and a failure puts the failed batch and every later one back, in order, b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -37,7 +37,7 @@ class Manual:
     async def start(self) -> None:
         pass
 
-    async def submit_batch(self, events: Sequence[CloudEvent]) -> Awaitable[None]:
+    async def submit_batch(self, events: Sequence[CloudEvent]) -> asyncio.Future[None]:
         if self.refuse:
             self.refused += 1
             raise unavailable("manual", "not connected")
@@ -45,11 +45,13 @@ class Manual:
         self.handed.append(batch)
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending.append(confirmed)
-        return self._wait(confirmed, batch)
 
-    async def _wait(self, confirmed: asyncio.Future[None], batch: list[int]) -> None:
-        await confirmed
-        self.delivered.extend(batch)
+        def delivered(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                self.delivered.extend(batch)
+
+        confirmed.add_done_callback(delivered)
+        return confirmed
 
     async def publish_batch(self, events: Sequence[CloudEvent]) -> None:
         await (await self.submit_batch(events))
@@ -255,3 +257,19 @@ async def test_a_refused_batch_is_dropped_and_the_later_ones_are_sent_again() ->
     assert outbox.failed_batches == 1
     assert not outbox.outage
     assert publisher.handed[3:] == [[3, 4], [5, 6]]
+
+
+async def test_a_confirmed_batch_is_counted_in_the_turn_its_acknowledgement_comes() -> None:
+    """On a busy loop each task wake-up is one more pass through the ready queue: the batch is settled in
+    the confirmation's own callback, not after waking the outbox's task."""
+    publisher = Manual()
+    outbox = _outbox(publisher)
+    outbox.start()
+    for event in _events(2):
+        await outbox.put(event)
+    await eventually(lambda: len(publisher.handed) == 1, within=2, what="the batch handed over")
+    publisher.pending[0].set_result(None)
+    await asyncio.sleep(0)  # one turn of the loop: the future's done callbacks run
+    assert outbox.published == 2
+    assert outbox.size == 0
+    await outbox.aclose(1)
