@@ -33,7 +33,8 @@ fate is unknown (core NATS: one connection, and a lost connection fails every un
 and JetStream keep one batch in flight. A confirmed batch is settled in its confirmation's done callback
 (:func:`~bridge.bus.base.confirmation`): on a loop busy with thousands of frames a second, each task
 wake-up between the broker's answer and the bookkeeping is another pass through the ready queue, and the
-next batch waits for it (measured at 5,000 events/s: NATS put -> confirmed p99 from 11-25 ms down to 9).
+next batch waits for it (5,000 events/s, five interleaved pairs: NATS put -> confirmed p99 median 7.9 ms
+against 14.1).
 
 Added latency: the outbox stamps each event (``time.monotonic()``, in a deque parallel to the queue, so the
 CloudEvent is untouched) when it is put -- :class:`EventFanout` takes one stamp per event for every bus,
@@ -439,8 +440,10 @@ class Outbox:
             confirmed.exception()  # retrieved here; a later flight's failure is settled with the oldest's
         # Confirmed batches are settled right here: waking the task first would add a turn of a busy loop to
         # every batch's latency. Failures are the task's (they wait for the later flights, then back off).
-        self._settle_confirmed()
-        self._wake.set()
+        try:
+            self._settle_confirmed()
+        finally:
+            self._wake.set()
 
     def _settle_confirmed(self) -> bool:
         """Settle the confirmed flights at the head, oldest first; True if there were any."""

@@ -21,7 +21,12 @@ most every ``kafka.linger_s`` = 5 ms), ``eager`` (``batch_interval_s: 0``: NATS 
 queued as soon as one may start), ``one_in_flight`` (``max_in_flight: 1``: the next batch waits for the
 last one's confirmation) and ``kafka_linger_0`` (Kafka batches every 2 ms too: more, smaller produce
 requests, which costs when the broker shares these 2 cores), to show what pacing, pipelining and linger
-buy.
+buy; ``no_consumer`` is the defaults with no consumer process (no e2e numbers): its ~28 % of a core and
+the ~30 % more that tansu spends serving its fetches are what push this machine past saturation.
+
+Over the 5k/s window the bridge's scheduler statistics are read too (/proc/PID/task/*/schedstat): the
+share of the time it ran, and the share it was runnable but waiting for a core taken by another process.
+That waiting is added latency the bridge's code cannot remove; with the consumer running it is 20-30 %.
 The numbers are printed and written as JSON to a temporary directory.
 """
 
@@ -45,7 +50,20 @@ import pytest
 import yaml
 
 from bridge.demo_services import free_port
-from support.bench import API_KEY, API_SECRET, IDENTITY, LAUNCHER, ask, report, spawn, stop, tail
+from support.bench import (
+    API_KEY,
+    API_SECRET,
+    IDENTITY,
+    LAUNCHER,
+    ask,
+    machine_jiffies,
+    machine_load,
+    report,
+    sched_seconds,
+    spawn,
+    stop,
+    tail,
+)
 from support.brokers import KafkaBroker, NatsServer, start_kafka_broker, start_nats_server
 from support.bus_consumers import create_topic
 
@@ -59,6 +77,7 @@ JOIN_DEADLINE_S: Final = 60.0
 
 VARIANTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
     "default": {},
+    "no_consumer": {},  # the defaults, with no consumer process taking CPU: no e2e numbers
     "eager": {"outbox": {"batch_interval_s": 0}},
     "one_in_flight": {"outbox": {"max_in_flight": 1}},
     "kafka_linger_0": {"kafka": {"linger_s": 0}},
@@ -149,13 +168,14 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
         ask(sim, None, "READY", 30)
         out = tmp_path / "consumer"
         out.mkdir()
-        consumer = spawn(
-            [str(HERE / "events_consumer.py"), "--nats", nats_server.url, "--prefix", prefix,
-             "--kafka", kafka.bootstrap, "--topic", topic, "--out", str(out)],
-            logs["consumer"],
-            piped=True,
-        )  # fmt: skip
-        ask(consumer, None, "READY", 30)
+        if variant != "no_consumer":
+            consumer = spawn(
+                [str(HERE / "events_consumer.py"), "--nats", nats_server.url, "--prefix", prefix,
+                 "--kafka", kafka.bootstrap, "--topic", topic, "--out", str(out)],
+                logs["consumer"],
+                piped=True,
+            )  # fmt: skip
+            ask(consumer, None, "READY", 30)
         rooms = {f"load-{i}" for i in range(ROOMS)}
         config = tmp_path / "bridge.yaml"
         kafka_section = {
@@ -193,13 +213,21 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
 
         ask(sim, f"run {WARMUP_RATE} {WARMUP_S}", "DONE", WARMUP_S + 30)
         time.sleep(1.0)  # deliberate: the warm-up drains before the measured window
+        sched0, machine0, wall0 = sched_seconds(bridge.pid), machine_jiffies(), time.monotonic()
         done = ask(sim, f"run {GOAL_RATE} {GOAL_S}", "DONE", GOAL_S + 30)
+        sched1, machine1, wall = sched_seconds(bridge.pid), machine_jiffies(), time.monotonic() - wall0
         emitted, t0, t1 = int(done[1]), int(done[2]), int(done[3])
         time.sleep(3.0)  # deliberate: the pipeline drains before the consumer and the bridge stop
 
-        assert stop(consumer, deadline_s=60) == 0, tail(logs["consumer"])
-        consumer = None
-        e2e = {bus: _e2e(out / f"{bus}.lat", t0, t1) for bus in ("nats", "kafka")}
+        if consumer is not None:
+            assert stop(consumer, deadline_s=60) == 0, tail(logs["consumer"])
+            consumer = None
+            e2e = {bus: _e2e(out / f"{bus}.lat", t0, t1) for bus in ("nats", "kafka")}
+        else:
+            e2e = {
+                bus: {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+                for bus in ("nats", "kafka")
+            }
         code = stop(bridge, deadline_s=20)
         bridge = None
         assert code == 0, f"bridge exit {code}:\n{tail(logs['bridge'])}"
@@ -218,10 +246,22 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
             nats_server.close()
 
     rate = emitted / ((t1 - t0) / 1e9)
+    busy, steal = machine_load(machine0, machine1)
+    cpu = {
+        "bridge_ran_percent": round(100 * (sched1[0] - sched0[0]) / wall, 1),
+        "bridge_waited_percent": round(100 * (sched1[1] - sched0[1]) / wall, 1),
+        "machine_busy_percent": busy,
+        "steal_percent": steal,
+    }
     lines = [
         "",
         f"bridge-added latency ({variant}; kafka {kafka_section}), {rate:,.0f} events/s offered, "
         f"{ROOMS} rooms, {os.cpu_count()} cores",
+        # Waited: runnable, but every core was busy with another process (the simulator, the brokers, the
+        # consumer): latency the bridge's code cannot remove.
+        f"  5k/s window: bridge on a CPU {cpu['bridge_ran_percent']:.1f} %, waiting for one "
+        f"{cpu['bridge_waited_percent']:.1f} %; machine {busy:.0f} % busy of {100 * (os.cpu_count() or 1)}, "
+        f"steal {steal:.1f} %",
     ]
     for bus in ("nats", "kafka"):
         a, e = added.get(bus, {}), e2e[bus]
@@ -232,12 +272,12 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
             f"p50 {e['p50']:.2f} p99 {e['p99']:.2f} max {e['max']:.1f} ms (n={e['n']})"
         )
     worse = max(added.get(bus, {}).get("p99", float("inf")) for bus in ("nats", "kafka"))
-    # Reported, not asserted: on this 2-core machine it is NOT met (NATS ~10-14 ms, Kafka ~32-45 ms).
+    # Reported, not asserted: on this 2-core machine it depends on the CPU left to the bridge (see README).
     lines.append(
         f"  goal p99 bridge-added < {GOAL_P99_MS:.0f} ms: {'met' if worse < GOAL_P99_MS else 'NOT MET'}"
     )
     path = Path(tempfile.mkdtemp(prefix="bridge-bench-")) / f"bridge_latency_{variant}.json"
-    result = {"variant": variant, "rate": rate, "added_ms": added, "e2e_ms": e2e}
+    result = {"variant": variant, "rate": rate, "added_ms": added, "e2e_ms": e2e, "cpu": cpu}
     path.write_text(json.dumps(result, indent=2) + "\n")
     report(pytestconfig, "\n".join(lines) + f"\nresults written to {path}")
 
@@ -245,4 +285,4 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
         assert bus in added, f"no shutdown latency line for {bus}:\n{tail(logs['bridge'])}"
         assert added[bus]["dropped"] == 0
         assert added[bus]["n"] >= emitted, (bus, added[bus], emitted)
-        assert e2e[bus]["n"] > 0
+        assert variant == "no_consumer" or e2e[bus]["n"] > 0

@@ -23,8 +23,8 @@ class Strange(Exception):
 def _translate(exc: BaseException) -> BusError | None:
     if isinstance(exc, Refused):
         return rejected("test", "refused", exc)
-    if isinstance(exc, (OSError, asyncio.CancelledError)):
-        return BusUnavailable("test: connection lost")
+    if isinstance(exc, (OSError, asyncio.CancelledError, TimeoutError)):
+        return BusUnavailable(f"test: not confirmed ({type(exc).__name__})")
     return None
 
 
@@ -90,8 +90,9 @@ async def test_a_cancelled_ack_is_a_failure() -> None:
 async def test_no_answer_in_time_is_unavailable_and_the_ack_is_left_alone() -> None:
     acks = _acks(1)
     confirmed = confirmation("test", acks, 0.05, _translate)
-    with pytest.raises(BusUnavailable, match="not confirmed"):
+    with pytest.raises(BusUnavailable, match="not confirmed") as raised:
         await confirmed
+    assert isinstance(raised.value.__cause__, TimeoutError)  # translated like the client's own timeout
     # The client may still resolve it (nats-py's reader would die on a cancelled PONG future).
     assert not acks[0].done()
     acks[0].set_result(True)
@@ -108,3 +109,14 @@ async def test_late_failures_are_retrieved(caplog: pytest.LogCaptureFixture) -> 
     del acks
     gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+async def test_a_translation_bug_fails_the_batch_at_once() -> None:
+    def broken(exc: BaseException) -> BusError | None:
+        raise KeyError("bug")
+
+    acks = _acks(1)
+    confirmed = confirmation("test", acks, 60, broken)
+    acks[0].set_exception(OSError("lost"))
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(confirmed, 5)
