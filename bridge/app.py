@@ -153,6 +153,7 @@ class Bridge:
             sink=sink,
             server_api=server_api,
             room_events=self.room_events,
+            settled=self.fanout.settled if self.outboxes else None,
         )
         self.commands.owns = self.ownership.owns
         # join_room makes its room a candidate; with leases, the replica that claims it joins it.

@@ -253,6 +253,9 @@ class Outbox:
         self._stamps: deque[float] = deque()  # time.monotonic() at put, parallel to _queue
         self.latency = LatencyHistogram()  # put -> broker-confirmed, per published event
         self._in_flight = 0  # events in self._flights
+        # id(event) -> futures of settled(event); the event is referenced by the queue or a flight
+        # while it is here, so its id cannot be reused before the futures are resolved.
+        self._watchers: dict[int, list[asyncio.Future[None]]] = {}
         self._attempt = 0  # failed attempts in a row (the backoff's exponent); 0 after any success
         self._flights: deque[_Flight] = deque()  # oldest first
         self._not_full = asyncio.Event()
@@ -263,11 +266,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-        self.published = 0
-        self.dropped = 0
-        self.retries = 0
-        self.batches = 0
-        self.failed_batches = 0
+        self.published = self.dropped = self.retries = self.batches = self.failed_batches = 0
         self.last_error: str | None = None
         # Outage bookkeeping, for the one log line at each end.
         self._outage_since: float | None = None
@@ -352,6 +351,27 @@ class Outbox:
         while not self.put_nowait(event, enqueued_at):
             await self._not_full.wait()
 
+    def settled(self, event: CloudEvent) -> asyncio.Future[None]:
+        """Done once ``event`` has left this outbox for good: confirmed by the broker, or dropped (counted
+        and reported). Done at once if it is not here (gone already). For the few events that something
+        waits on (a command's result: its offset is committed only then); nothing is tracked otherwise."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Just put, it is near the tail: searched from there.
+        if any(e is event for e in reversed(self._queue)) or any(
+            e is event for f in self._flights for e in f.events
+        ):
+            self._watchers.setdefault(id(event), []).append(done)
+        else:
+            done.set_result(None)
+        return done
+
+    def _release(self, events: list[CloudEvent]) -> None:
+        """Resolve the ``settled`` futures of ``events`` (published or dropped)."""
+        for event in events:
+            for done in self._watchers.pop(id(event), ()):
+                if not done.done():
+                    done.set_result(None)
+
     def _evict(self, count: int) -> None:
         evicted = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
         for _ in evicted:
@@ -370,6 +390,8 @@ class Outbox:
         if not events:
             return
         self.dropped += len(events)
+        if self._watchers:
+            self._release(events)
         try:
             self._on_drop(self.bus, events)
         except Exception:  # noqa: BLE001 (logged with its traceback)
@@ -452,6 +474,8 @@ class Outbox:
             flight = flights.popleft()
             self._in_flight -= len(flight.events)
             self._published(flight.stamps)
+            if self._watchers:
+                self._release(flight.events)
             self._attempt = 0
             settled = True
         return settled
@@ -596,6 +620,10 @@ class EventFanout:
             # Fast path without a coroutine per bus; only a full block-outbox makes us await.
             if not outbox.put_nowait(event, now):
                 await outbox.put(event, now)
+
+    def settled(self, event: CloudEvent) -> asyncio.Future[list[None]]:
+        """Done once every bus has confirmed ``event`` or given it up (see :meth:`Outbox.settled`)."""
+        return asyncio.gather(*(o.settled(event) for o in self.outboxes))
 
     def start(self) -> None:
         for outbox in self.outboxes:

@@ -48,7 +48,7 @@ from bridge.commands.translate import CorrelationKey, request_key, response_key,
 from bridge.commands.validate import CommandRejected, validate
 from bridge.config import CommandsSettings, LiveKitSettings
 from bridge.errors import BridgeError, BusError, InvalidCommand, MediaError
-from bridge.events.cloudevent import EventSink
+from bridge.events.cloudevent import CloudEvent, EventSink
 from bridge.rooms.room_events import RoomEvents
 from bridge.rooms.session import RoomSession
 from bridge.rooms.supervisor import RoomSupervisor
@@ -150,8 +150,12 @@ class CommandRunner:
         consider: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         room_events: RoomEvents | None = None,
+        settled: Callable[[CloudEvent], asyncio.Future[Any]] | None = None,
     ) -> None:
         self._settings = commands
+        # Done once a result event is on every bus (or given up): only then is its delivery settled, so
+        # a crash before that redelivers the command instead of losing its result (EventFanout.settled).
+        self._settled = settled
         self._livekit = livekit
         self._allowed = commands.allowed_set()
         self._supervisor = supervisor
@@ -563,10 +567,19 @@ class CommandRunner:
             while len(self._replies) > self._settings.dedup_max_ids:
                 self._replies.pop(next(iter(self._replies)))
         await delivery.reply(reply)
-        delivery.settle()
-        for duplicate in self._duplicates_waiting.pop(command_id, ()):
+        deliveries = [delivery, *self._duplicates_waiting.pop(command_id, ())]
+        for duplicate in deliveries[1:]:
             await duplicate.reply(reply)
-            duplicate.settle()
+        if event is None or self._settled is None:
+            self._settle(deliveries)
+            return
+        # Settled (the Kafka offset may be committed, the NATS message acked) once the result is published;
+        # meanwhile the room's lane goes on. drain() waits for this too.
+        self._settled(event).add_done_callback(lambda _: self._settle(deliveries))
+
+    def _settle(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            delivery.settle()
         self._pending -= 1
         if self._pending == 0:
             self._idle.set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from livekit.protocol import models, rtc
 
@@ -49,12 +49,12 @@ def results(bus: InMemoryBus) -> dict[str, tuple[CloudEvent, events_pb2.CommandR
 
 @contextlib.asynccontextmanager
 async def bridged(
-    *rooms: str, **livekit: object
+    *rooms: str, bus: InMemoryBus | None = None, **livekit: object
 ) -> AsyncIterator[tuple[SimServer, Scenario, Bridge, MemoryCommandSource, InMemoryBus]]:
     async with running_sim(ice_servers=()) as (server, scenario):
         for room in rooms:
             scenario.join(room, "alice")
-        bus = InMemoryBus()
+        bus = bus or InMemoryBus()
         source = MemoryCommandSource()
         settings = bridge_settings(server, *rooms, can_publish=True, can_update_own_metadata=True, **livekit)
         bridge = Bridge(settings, publishers=[bus], command_sources=[source])
@@ -96,6 +96,36 @@ async def test_signal_command_is_sent_and_answered_by_livekit() -> None:
         assert d.reply_payload is not None
         assert json.loads(d.reply_payload)["lkcommandid"] == "c1"
         assert (d.settled, d.dead) == (1, None)
+
+
+class HeldBus(InMemoryBus):
+    """Publishes only while ``open`` is set: a broker that stopped confirming."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def publish_batch(self, events: Sequence[CloudEvent]) -> None:
+        await self.open.wait()
+        await super().publish_batch(events)
+
+
+async def test_a_delivery_is_settled_only_once_its_result_is_on_the_bus() -> None:
+    """Settling commits the Kafka offset (acks the NATS message): before the result is published, a crash
+    would lose the result of a command that was applied, and nothing would send it again."""
+    bus = HeldBus()
+    async with bridged("r1", bus=bus) as (_, _, _, source, _):
+        bus.open.clear()
+        message = rtc.UpdateParticipantMetadata(metadata="held")
+        d = await source.submit_kafka(*kafka_command("r1", "update_metadata", message, command_id="h1"))
+        await eventually(lambda: d.reply_payload is not None, within=10, what="the command answered")
+        assert "h1" not in results(bus)
+        assert d.settled == 0
+        bus.open.set()
+        await finished(d)
+        assert "h1" in results(bus)
+        assert d.settled == 1
 
 
 async def test_livekit_refusal_is_a_failed_result_with_its_reason() -> None:

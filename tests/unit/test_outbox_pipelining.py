@@ -273,3 +273,36 @@ async def test_a_confirmed_batch_is_counted_in_the_turn_its_acknowledgement_come
     assert outbox.published == 2
     assert outbox.size == 0
     await outbox.aclose(1)
+
+
+async def test_settled_waits_for_the_confirmation_across_a_retry() -> None:
+    publisher = Manual()
+    outbox = _outbox(publisher)
+    outbox.start()
+    events = _events(2)
+    for event in events:
+        await outbox.put(event)
+    watched = outbox.settled(events[1])
+    await eventually(lambda: len(publisher.handed) == 1, within=2, what="the batch handed over")
+    publisher.pending[0].set_exception(unavailable("manual", "connection lost"))
+    await eventually(lambda: len(publisher.handed) == 2, within=2, what="the retry")
+    assert not watched.done()  # put back, not published
+    publisher.pending[1].set_result(None)
+    await asyncio.wait_for(watched, 2)
+    assert outbox.published == 2
+    await outbox.aclose(1)
+
+
+async def test_settled_when_dropped_or_not_held() -> None:
+    publisher = Manual()
+    outbox = Outbox(publisher, capacity=3, overflow="drop_oldest", on_drop=lambda *_: None, max_batch=2)
+    events = _events(5)
+    assert outbox.settled(events[0]).done()  # not here (yet, or any more): nothing to wait for
+    for event in events[:3]:
+        await outbox.put(event)
+    watched = outbox.settled(events[0])
+    assert not watched.done()
+    await outbox.put(events[3])  # full: the oldest is evicted
+    await asyncio.wait_for(watched, 2)
+    assert outbox.dropped == 1
+    await outbox.aclose(0.1)
