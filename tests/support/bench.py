@@ -115,6 +115,14 @@ def bridge_ready(log: Path) -> bool:
     return False
 
 
+def bridge_metrics(log: Path) -> str:
+    """The Prometheus text of the bridge that logs to ``log`` (its HTTP URL from the log)."""
+    m = _HTTP_URL.search(log.read_text(errors="replace"))
+    assert m is not None, f"no HTTP URL in {log}"
+    with urllib.request.urlopen(f"{m[1]}/metrics", timeout=10) as response:  # loopback only
+        return str(response.read().decode())
+
+
 def tail(log: Path, lines: int = 30) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
