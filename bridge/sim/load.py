@@ -18,7 +18,8 @@ class LoadGenerator:
 
     With ``stamp=True`` the metadata and the user data payload are ``{"n": <n>, "t": <time.time_ns()>}``
     (wall-clock send time, for latency measurements on one machine); by default they are
-    ``{"n": <n>}`` and ``tick <n>``.
+    ``{"n": <n>}`` and ``tick <n>``. With ``data=False`` the user data step is a second metadata update
+    instead (signaling only: for a client that has no data channel).
     """
 
     def __init__(
@@ -29,6 +30,7 @@ class LoadGenerator:
         rate_per_s: float,
         prefix: str = "load-",
         stamp: bool = False,
+        data: bool = True,
     ) -> None:
         if rooms < 1 or rate_per_s <= 0:
             raise ValueError("load mode needs rooms >= 1 and rate_per_s > 0")
@@ -36,6 +38,7 @@ class LoadGenerator:
         self.rooms = [f"{prefix}{i}" for i in range(rooms)]
         self.rate_per_s = rate_per_s
         self.stamp = stamp
+        self.data = data
         self.sent = 0
         self._stopped = asyncio.Event()
         for name in self.rooms:
@@ -51,9 +54,10 @@ class LoadGenerator:
             self.scenario.speak(room, {"speaker-a": 0.1 + (n % 9) / 10, "speaker-b": 0.0})
         elif step == 1:
             self.scenario.quality(room, {"speaker-a": "good" if n % 8 < 4 else "excellent"})
-        elif step == 2:
+        elif step == 2 or not self.data:
             stamp = f', "t": {time.time_ns()}' if self.stamp else ""
-            self.scenario.set_metadata(room, "speaker-b", metadata=f'{{"n": {n}{stamp}}}')
+            who = "speaker-b" if step == 2 else "speaker-a"
+            self.scenario.set_metadata(room, who, metadata=f'{{"n": {n}{stamp}}}')
         elif self.stamp:
             payload = f'{{"n": {n}, "t": {time.time_ns()}}}'
             self.scenario.send_data(room, "speaker-a", payload=payload, topic="load")

@@ -8,6 +8,7 @@ Run as ``python tests/benchmarks/events_sim.py --port P --rooms R --api-key K --
   ``DONE <emitted> <start_ns> <end_ns> <cpu_s>`` (wall-clock ns of the phase, this process's CPU seconds);
 - ``quit`` (or end of input): stop the server and exit 0.
 
+With ``--signal-only`` the user-data step is a second metadata update (for a client without WebRTC).
 The metadata ``update`` and user-data events carry ``{"n": .., "t": <time.time_ns()>}``, the send time the
 consumer turns into latency (``LoadGenerator(stamp=True)``).
 """
@@ -55,7 +56,7 @@ async def _main(args: argparse.Namespace) -> int:
         join_timeout_s=120.0,
     )
     async with SimServer(config) as server:
-        load = LoadGenerator(server, rooms=args.rooms, rate_per_s=1.0, stamp=True)
+        load = LoadGenerator(server, rooms=args.rooms, rate_per_s=1.0, stamp=True, data=not args.signal_only)
         print(f"READY {args.port}", flush=True)
         n = 0
         while True:
@@ -78,6 +79,7 @@ def main() -> int:
     parser.add_argument("--rooms", type=int, required=True)
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--api-secret", required=True)
+    parser.add_argument("--signal-only", action="store_true", help="no data packets (a second update)")
     return asyncio.run(_main(parser.parse_args()))
 
 

@@ -63,6 +63,7 @@ from typing import Any, Final
 
 import pytest
 import yaml
+from events_lean import slice_payload
 
 from bridge.demo_services import free_port
 from support.bench import (
@@ -452,23 +453,6 @@ async def _naive(frames: list[bytes], bootstrap: str, topic: str, nats_url: str,
     return Reference("naive", n, round(seconds, 2), round(n / seconds, 1), round(cpu * 1e6 / n, 1))
 
 
-def _slice_payload(frame: bytes) -> bytes:
-    """The bytes of the one length-delimited oneof field a SignalResponse frame holds."""
-    pos = 0
-    while frame[pos] & 0x80:  # the tag (one byte up to field 15, two beyond)
-        pos += 1
-    pos += 1
-    length = shift = 0
-    while True:
-        b = frame[pos]
-        pos += 1
-        length |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
-    return frame[pos : pos + length]
-
-
 async def _lean(frames: list[bytes], bootstrap: str, topic: str, nats_url: str, prefix: str) -> Reference:
     import base64
 
@@ -526,7 +510,7 @@ async def _lean(frames: list[bytes], bootstrap: str, topic: str, nats_url: str, 
                 i = n % ROOMS
                 kind = rtc.SignalResponse.FromString(frame).WhichOneof("message")
                 assert kind is not None
-                payload = _slice_payload(frame)
+                payload = slice_payload(frame)
                 t = types.get(kind)
                 if t is None:
                     t = types[kind] = (

@@ -1,0 +1,230 @@
+"""The lean limit end to end: a relay process in the bridge's place (issue 4's "parse + prebuilt headers +
+batched produce, nothing else"), so the bridge can be compared with it on the same machine and load.
+
+Run as ``python tests/benchmarks/events_lean.py --url ws://127.0.0.1:P --rooms N --api-key K
+--api-secret S --identity I --nats URL --prefix P --kafka HOST:PORT --topic T``. It opens one signaling
+websocket per room ``load-0`` … ``load-<N-1>`` and, for every binary frame, parses the SignalResponse (its
+variant names the event type), slices the variant's bytes out of the frame unchanged, and queues one Kafka
+record (prebuilt headers, key = room) and one structured NATS message (prebuilt JSON envelope, base64
+data). Every ``--batch-interval-s`` (5 ms) what is queued goes out: Kafka as one record batch per
+partition (``send_batch``, acks=all, not awaited: aiokafka queues them), NATS through nats-py's buffered
+``publish`` and one ``flush``. A ping every 5 s keeps the sessions alive.
+
+What it does not do, and the bridge does: the session state machine, room state and snapshots, JSON
+mapping, per-room ordering guarantees across reconnects, bounded outboxes with retries and gap events,
+redaction, the WebRTC side (no PeerConnection: run the simulator with ``--signal-only``).
+
+Prints ``READY`` once every room has its join response; on SIGTERM prints ``DONE <frames>`` and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt
+import nats
+import websockets
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from livekit.protocol import rtc
+
+PING_INTERVAL_S = 5.0
+
+
+def slice_payload(frame: bytes) -> bytes:
+    """The bytes of the one length-delimited oneof field a SignalResponse frame holds."""
+    pos = 0
+    while frame[pos] & 0x80:  # the tag (one byte up to field 15, two beyond)
+        pos += 1
+    pos += 1
+    length = shift = 0
+    while True:
+        b = frame[pos]
+        pos += 1
+        length |= (b & 0x7F) << shift
+        if b < 0x80:
+            break
+        shift += 7
+    return frame[pos : pos + length]
+
+
+def _token(args: argparse.Namespace, room: str) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": args.api_key,
+        "sub": args.identity,
+        "nbf": now,
+        "exp": now + 3600,
+        "video": {"roomJoin": True, "room": room, "hidden": True},
+    }
+    return jwt.encode(claims, args.api_secret, algorithm="HS256")
+
+
+class Relay:
+    def __init__(self, args: argparse.Namespace, producer: Any, nc: Any, partitions: list[int]) -> None:
+        self.topic = args.topic
+        self.prefix = args.prefix
+        self.producer = producer
+        self.nc = nc
+        self.session = "LS_" + uuid.uuid4().hex[:16]
+        partitioner = DefaultPartitioner()
+        self.frames = 0
+        self.seq = 0
+        self.joined = 0
+        self.batches: dict[int, Any] = {}
+        self.acks: list[asyncio.Future[Any]] = []
+        self.room_key: dict[str, bytes] = {}
+        self.partition: dict[str, int] = {}
+        self.static: dict[str, list[tuple[str, bytes]]] = {}
+        self.json_prefix: dict[str, str] = {}
+        for i in range(args.rooms):
+            room = f"load-{i}"
+            key = room.encode()
+            self.room_key[room] = key
+            self.partition[room] = partitioner(key, partitions, partitions)
+            self.static[room] = [
+                ("ce_specversion", b"1.0"),
+                ("ce_source", f"livekit://127.0.0.1/rooms/{room}".encode()),
+                ("ce_lkroom", key),
+                ("ce_lksession", self.session.encode()),
+                ("ce_partitionkey", key),
+                ("content-type", b"application/x-protobuf"),
+            ]
+            self.json_prefix[room] = (
+                f'{{"specversion":"1.0","source":"livekit://127.0.0.1/rooms/{room}","lkroom":"{room}",'
+                f'"lksession":"{self.session}","partitionkey":"{room}","datacontenttype":"application/x-protobuf"'
+            )
+        self.types: dict[str, tuple[bytes, str]] = {}
+        self.nats_headers = {"Content-Type": "application/cloudevents+json"}
+
+    async def room(self, url: str, token: str, room: str) -> None:
+        query = urlencode({"protocol": "17", "sdk": "python", "auto_subscribe": "0", "access_token": token})
+        async with websockets.connect(f"{url}/rtc?{query}", max_size=None) as ws:
+            pinger = asyncio.create_task(self._ping(ws))
+            try:
+                async for frame in ws:
+                    if isinstance(frame, bytes):
+                        await self.relay(room, frame)
+            finally:
+                pinger.cancel()
+
+    async def _ping(self, ws: Any) -> None:
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            ping = rtc.SignalRequest(ping_req=rtc.Ping(timestamp=int(time.time() * 1000)))
+            await ws.send(ping.SerializeToString())
+
+    async def relay(self, room: str, frame: bytes) -> None:
+        kind = rtc.SignalResponse.FromString(frame).WhichOneof("message")
+        if kind is None:
+            return
+        if kind == "join":
+            self.joined += 1
+        payload = slice_payload(frame)
+        t = self.types.get(kind)
+        if t is None:
+            t = self.types[kind] = (f"io.livekit.signal.{kind}.v1".encode(), f"io.livekit.signal.{kind}.v1")
+        self.seq += 1
+        self.frames += 1
+        seq = f"{self.seq:020d}"
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+        p = self.partition[room]
+        batch = self.batches.get(p)
+        if batch is None:
+            batch = self.batches[p] = self.producer.create_batch()
+        batch.append(
+            key=self.room_key[room],
+            value=payload,
+            timestamp=None,
+            headers=[
+                *self.static[room],
+                ("ce_id", f"{self.session}-{seq}".encode()),
+                ("ce_type", t[0]),
+                ("ce_time", stamp.encode()),
+                ("ce_sequence", seq.encode()),
+            ],
+        )
+        body = b"".join(
+            (
+                (
+                    f'{self.json_prefix[room]},"id":"{self.session}-{seq}","sequence":"{seq}",'
+                    f'"type":"{t[1]}","time":"{stamp}","data_base64":"'
+                ).encode(),
+                base64.b64encode(payload),
+                b'"}',
+            )
+        )
+        await self.nc.publish(f"{self.prefix}.events.{room}.{kind}", body, headers=self.nats_headers)
+
+    async def flush_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            batches, self.batches = self.batches, {}
+            for p, batch in batches.items():
+                batch.close()
+                self.acks.append(await self.producer.send_batch(batch, self.topic, partition=p))
+            pending = []
+            for ack in self.acks:
+                if ack.done():
+                    ack.result()  # a failed produce ends the relay, loudly
+                else:
+                    pending.append(ack)
+            self.acks = pending
+            await self.nc.flush()
+
+
+async def _main(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    producer: Any = AIOKafkaProducer(
+        bootstrap_servers=args.kafka,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=0,
+        max_batch_size=512 * 1024,
+        max_request_size=1024 * 1024,
+    )
+    await producer.start()
+    nc = await nats.connect(args.nats)
+    partitions = sorted(await producer.partitions_for(args.topic))
+    relay = Relay(args, producer, nc, partitions)
+    rooms = [f"load-{i}" for i in range(args.rooms)]
+    tasks = [asyncio.create_task(relay.room(args.url, _token(args, r), r)) for r in rooms]
+    flusher = asyncio.create_task(relay.flush_every(args.batch_interval_s))
+    while relay.joined < len(rooms):
+        if any(t.done() for t in tasks):
+            for t in tasks:
+                if t.done():
+                    t.result()  # raises why a room's socket ended
+        await asyncio.sleep(0.05)  # poll: the join count has no event of its own
+    print("READY", flush=True)
+    await stop.wait()
+    for task in (*tasks, flusher):
+        task.cancel()
+    await asyncio.gather(*tasks, flusher, return_exceptions=True)
+    await nc.close()
+    await producer.stop()
+    print(f"DONE {relay.frames}", flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    for name in ("url", "api-key", "api-secret", "identity", "nats", "prefix", "kafka", "topic"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--rooms", type=int, required=True)
+    parser.add_argument("--batch-interval-s", type=float, default=0.005)
+    return asyncio.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
