@@ -38,9 +38,11 @@ Phases, all in the same run:
    end-to-end phases include all of those and share the 2 cores with the simulator, brokers and consumer.
 
 Goals (issue 4): bridge max >= 4x naive, >= 0.6x lean, p99 added latency < 10 ms at 5,000 events/s. The
-0.6x is reported twice: end to end (bounded by this machine: the simulator and consumer need the same
-cores) and for CORE against LEAN, which run on the same footing. The table is printed and written as
-JSON to a temporary directory (its path is printed).
+0.6x is reported twice here: end to end against the in-process LEAN (bounded by this machine: the
+simulator and consumer need the same cores) and for CORE against LEAN, which run on the same footing.
+``test_bridge_latency.test_lean_relay_and_bridge_end_to_end`` puts the lean limit end to end too, as a
+relay process in the bridge's place (``events_lean.py``), for CPU per event and the latency the bridge
+adds over it. The table is printed and written as JSON to a temporary directory (its path is printed).
 """
 
 from __future__ import annotations
