@@ -28,6 +28,10 @@ class Delivery(Protocol):
     # A redelivery that an earlier process had started without publishing a result: it may have taken
     # effect, so it must not be applied again (the runner answers ``failed/interrupted``).
     interrupted: bool
+    # The broker gives an unsettled message out again (Kafka): the runner then settles it only once its
+    # result event is on the buses, so a crash in between redelivers it instead of losing the result.
+    # Core NATS never redelivers: settling later would only hold intake back.
+    redelivers: bool
 
     def parse(self) -> RawCommand:
         """The transport-neutral command; raises InvalidCommand for a message that is not one."""

@@ -80,6 +80,7 @@ class KafkaDelivery:
     # A previous owner had started this record and no result was found: it may have been applied.
     interrupted: bool = False
     via: str = "kafka"
+    redelivers: bool = True
 
     def parse(self) -> RawCommand:
         return RawCommand.from_kafka(self.key, self.value, self.headers)

@@ -24,6 +24,7 @@ class MemoryDelivery:
     build: tuple[str, tuple[object, ...]] = ("", ())
     received_at: float = field(default_factory=time.monotonic)
     via: str = "memory"
+    redelivers: bool = True  # like Kafka, unless submitted as NATS
     interrupted: bool = False
     stale: bool = False  # tests set it to act out a revoked partition
     reply_payload: bytes | None = None
@@ -81,7 +82,9 @@ class MemoryCommandSource:
         self, subject: str, payload: bytes, headers: Mapping[str, str] | None = None
     ) -> MemoryDelivery:
         return await self._deliver(
-            MemoryDelivery(via="nats", build=("nats", (subject, payload, headers, self._prefix)))
+            MemoryDelivery(
+                via="nats", redelivers=False, build=("nats", (subject, payload, headers, self._prefix))
+            )
         )
 
     async def _deliver(self, delivery: MemoryDelivery) -> MemoryDelivery:

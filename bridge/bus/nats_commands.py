@@ -74,6 +74,7 @@ class NatsDelivery:
     headers: dict[str, str] | None = None
     via: str = "nats"
     interrupted: bool = False  # core NATS never redelivers
+    redelivers: bool = False
 
     def parse(self) -> RawCommand:
         return RawCommand.from_nats(

@@ -258,6 +258,7 @@ class Outbox:
         self._watchers: dict[int, list[asyncio.Future[None]]] = {}
         self._attempt = 0  # failed attempts in a row (the backoff's exponent); 0 after any success
         self._flights: deque[_Flight] = deque()  # oldest first
+        self._handing: list[CloudEvent] = []  # the batch _launch is handing over (in no flight yet)
         self._not_full = asyncio.Event()
         self._not_full.set()
         self._closing = asyncio.Event()
@@ -357,8 +358,10 @@ class Outbox:
         waits on (a command's result: its offset is committed only then); nothing is tracked otherwise."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Just put, it is near the tail: searched from there.
-        if any(e is event for e in reversed(self._queue)) or any(
-            e is event for f in self._flights for e in f.events
+        if (
+            any(e is event for e in reversed(self._queue))
+            or any(e is event for e in self._handing)
+            or any(e is event for f in self._flights for e in f.events)
         ):
             self._watchers.setdefault(id(event), []).append(done)
         else:
@@ -442,6 +445,7 @@ class Outbox:
         stamps = [self._stamps.popleft() for _ in range(n)]
         self._in_flight += n
         confirmed: asyncio.Future[None]
+        self._handing = events
         try:
             if self._submit is not None:
                 confirmed = await self._submit(events)
@@ -454,6 +458,8 @@ class Outbox:
         except Exception as exc:  # noqa: BLE001 (the hand-over failed: settled like a failed confirmation)
             confirmed = asyncio.get_running_loop().create_future()
             confirmed.set_exception(exc)
+        finally:
+            self._handing = []
         confirmed.add_done_callback(self._flight_done)
         self._flights.append(_Flight(events, stamps, confirmed))
 

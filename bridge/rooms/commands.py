@@ -156,6 +156,9 @@ class CommandRunner:
         # Done once a result event is on every bus (or given up): only then is its delivery settled, so
         # a crash before that redelivers the command instead of losing its result (EventFanout.settled).
         self._settled = settled
+        # command id -> done when its first delivery is settled (its result on the buses), for duplicates
+        # that come meanwhile: they are settled after it, never before.
+        self._settling: dict[str, asyncio.Future[Any]] = {}
         self._livekit = livekit
         self._allowed = commands.allowed_set()
         self._supervisor = supervisor
@@ -247,6 +250,9 @@ class CommandRunner:
         reply = self._replies.get(command_id)
         if reply is not None:
             await delivery.reply(reply)
+        settling = self._settling.get(command_id)
+        if settling is not None and delivery.redelivers:
+            await asyncio.shield(settling)  # its offset must not pass the original's result
         delivery.settle()
 
     async def _dead_letter(self, delivery: Delivery, code: str, message: str) -> None:
@@ -560,6 +566,12 @@ class CommandRunner:
         event = await self._room_events.emit(
             room, "command_result", result, session=session, extensions=extensions, traceparent=traceparent
         )
+        # Done once the result is on the buses. Registered before the id counts as finished, so a duplicate
+        # answered from here on waits for it too (see _answer_duplicate).
+        settling = None
+        if event is not None and self._settled is not None:
+            settling = self._settling[command_id] = self._settled(event)
+            settling.add_done_callback(lambda f: self._forget_settling(command_id, f))
         reply = nats_structured(event) if event is not None else b""
         self._dedup.finish(command_id, result, self._clock())
         if reply:
@@ -570,16 +582,31 @@ class CommandRunner:
         deliveries = [delivery, *self._duplicates_waiting.pop(command_id, ())]
         for duplicate in deliveries[1:]:
             await duplicate.reply(reply)
-        if event is None or self._settled is None:
-            self._settle(deliveries)
+        # A delivery the broker would give out again (Kafka) is settled, and its offset may be committed,
+        # only once the result is published; the others at once. The room's lane goes on meanwhile;
+        # drain() waits for the settlement.
+        later = [d for d in deliveries if d.redelivers] if settling is not None else []
+        for d in deliveries:
+            if not later or not d.redelivers:
+                d.settle()
+        if not later:
+            self._finished(command_id)
             return
-        # Settled (the Kafka offset may be committed, the NATS message acked) once the result is published;
-        # meanwhile the room's lane goes on. drain() waits for this too.
-        self._settled(event).add_done_callback(lambda _: self._settle(deliveries))
+        assert settling is not None
+        settling.add_done_callback(lambda _: self._settle_later(command_id, later))
 
-    def _settle(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            delivery.settle()
+    def _settle_later(self, command_id: str, deliveries: list[Delivery]) -> None:
+        try:
+            for delivery in deliveries:
+                delivery.settle()
+        finally:
+            self._finished(command_id)
+
+    def _forget_settling(self, command_id: str, settling: asyncio.Future[Any]) -> None:
+        if self._settling.get(command_id) is settling:
+            del self._settling[command_id]
+
+    def _finished(self, command_id: str) -> None:
         self._pending -= 1
         if self._pending == 0:
             self._idle.set()

@@ -128,6 +128,43 @@ async def test_a_delivery_is_settled_only_once_its_result_is_on_the_bus() -> Non
         assert d.settled == 1
 
 
+async def test_a_duplicate_is_not_settled_before_the_first_delivery_s_result_is_published() -> None:
+    """A redelivery (same id) answered from the dedup window must not move the commit point past the
+    original's result while that result is still in an outbox."""
+    bus = HeldBus()
+    async with bridged("r1", bus=bus) as (_, _, _, source, _):
+        bus.open.clear()
+        record = kafka_command(
+            "r1", "update_metadata", rtc.UpdateParticipantMetadata(metadata="d"), command_id="d1"
+        )
+        first = await source.submit_kafka(*record)
+        await eventually(lambda: first.reply_payload is not None, within=10, what="the command answered")
+        again = await source.submit_kafka(*record)
+        # Answered with the first result (and, without the fix, settled in the same step).
+        await eventually(lambda: again.reply_payload is not None, within=10, what="the duplicate answered")
+        assert (first.settled, again.settled) == (0, 0)
+        bus.open.set()
+        await finished(first)
+        await finished(again)
+        assert "d1" in results(bus)
+
+
+async def test_a_nats_delivery_is_settled_without_waiting_for_the_result_to_be_published() -> None:
+    """Core NATS never redelivers: holding its in-flight slot until the result is published would only
+    throttle intake while a bus is slow."""
+    bus = HeldBus()
+    async with bridged("r1", bus=bus) as (_, _, _, source, _):
+        bus.open.clear()
+        subject, payload = nats_command(
+            "r1", "update_metadata", rtc.UpdateParticipantMetadata(metadata="n"), command_id="n1"
+        )
+        d = await finished(await source.submit_nats(subject, payload))
+        assert d.settled == 1
+        assert "n1" not in results(bus)  # still held
+        bus.open.set()
+        await eventually(lambda: "n1" in results(bus), within=10, what="the result published")
+
+
 async def test_livekit_refusal_is_a_failed_result_with_its_reason() -> None:
     async with bridged("r1") as (_, _, _, source, bus):
         await finished(

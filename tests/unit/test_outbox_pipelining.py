@@ -29,6 +29,8 @@ class Manual:
     def __init__(self, *, pipelining: bool = True) -> None:
         self.pipelining = pipelining
         self.refuse = False  # the next hand-overs raise BusUnavailable
+        self.gate: asyncio.Event | None = None  # set: hand-overs wait for it (a slow client)
+        self.waiting = 0  # hand-overs waiting at the gate
         self.refused = 0
         self.handed: list[list[int]] = []  # sequences of each batch, in hand-over order
         self.pending: list[asyncio.Future[None]] = []
@@ -38,6 +40,10 @@ class Manual:
         pass
 
     async def submit_batch(self, events: Sequence[CloudEvent]) -> asyncio.Future[None]:
+        if self.gate is not None:
+            self.waiting += 1
+            await self.gate.wait()
+            self.waiting -= 1
         if self.refuse:
             self.refused += 1
             raise unavailable("manual", "not connected")
@@ -306,3 +312,26 @@ async def test_settled_when_dropped_or_not_held() -> None:
     await asyncio.wait_for(watched, 2)
     assert outbox.dropped == 1
     await outbox.aclose(0.1)
+
+
+async def test_settled_waits_for_a_batch_still_being_handed_over() -> None:
+    """Between leaving the queue and becoming a flight, a batch is being handed to the client (which may
+    wait: a producer reconnecting, a full buffer); its events are not gone."""
+    publisher = Manual()
+    publisher.gate = asyncio.Event()
+    outbox = _outbox(publisher)
+    outbox.start()
+    event = _events(1)[0]
+    await outbox.put(event)
+    await eventually(lambda: publisher.waiting == 1, within=2, what="the hand-over waiting")
+    watched = outbox.settled(event)
+    assert not watched.done()
+    publisher.refuse = True  # the hand-over fails: back to the queue
+    publisher.gate.set()
+    await eventually(lambda: outbox.retries >= 1, within=2, what="the retry")
+    assert not watched.done()
+    publisher.refuse = False
+    await eventually(lambda: len(publisher.pending) == 1, within=2, what="handed over again")
+    publisher.pending[0].set_result(None)
+    await asyncio.wait_for(watched, 2)
+    await outbox.aclose(1)
