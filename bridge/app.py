@@ -6,9 +6,9 @@ bus behind a fan-out, the room supervisor, which joins the configured rooms, the
 after the publishers, room discovery after the static joins.
 Stop (SIGTERM/SIGINT), in this order:
   0. report not ready and stop discovering rooms (no webhook or ListRooms join from here on);
-  1. stop taking commands: each source stops fetching, lets the commands it handed over finish within
-     ``COMMAND_DRAIN_S`` (their results go to the outboxes) and commits what finished; nothing may
-     reach a room that is leaving;
+  1. stop taking commands: the sources, together, stop fetching, let the commands they handed over
+     finish within ``COMMAND_DRAIN_S`` (a Kafka command finishes once its result is published: the
+     outboxes still run) and commit what finished; nothing may reach a room that is leaving;
   2. leave every room with CLIENT_INITIATED within ``livekit.leave_deadline_s``;
   3. flush what the rooms produced to the buses, within ``FLUSH_DEADLINE_S``;
   4. stop the HTTP listener;
@@ -253,8 +253,9 @@ class Bridge:
         await self.discovery.aclose()
         leaving = sum(1 for s in self.supervisor.sessions.values() if s.ended is None)
         log.info("bridge stopping: leaving %d rooms", leaving)
-        for source in self.command_sources:
-            await source.aclose(COMMAND_DRAIN_S)
+        # Concurrently: each waits up to COMMAND_DRAIN_S for its deliveries to settle, and a Kafka one's wait
+        # for results still held by a slow bus should not add to the others'.
+        await asyncio.gather(*(source.aclose(COMMAND_DRAIN_S) for source in self.command_sources))
         await self.commands.aclose()
         await self.ownership.handover()  # sharded: rooms go to other replicas before we leave them
         cs = self.commands.stats
