@@ -15,7 +15,8 @@ Foreign exceptions (aiokafka, nats-py, OSError, timeouts) never cross this bound
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from bridge.errors import BusError, BusUnavailable, PublishFailed
@@ -28,6 +29,7 @@ __all__ = [
     "confirmation",
     "nothing_to_confirm",
     "rejected",
+    "translated",
     "unavailable",
 ]
 
@@ -76,6 +78,21 @@ class Pipelined(Protocol):
 # A client's exception -> the BusError it means, or None for one the adapter does not know (a bug: the
 # outbox keeps the events and retries).
 Translate = Callable[[BaseException], BusError | None]
+
+
+@contextlib.contextmanager
+def translated(translate: Translate) -> Iterator[None]:
+    """Raise what ``translate`` makes of a client's exception (``from`` it); BusErrors and exceptions it
+    does not know pass unchanged."""
+    try:
+        yield
+    except BusError:
+        raise
+    except Exception as exc:
+        err = translate(exc)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def nothing_to_confirm() -> asyncio.Future[None]:

@@ -18,9 +18,8 @@ retries it too, so delivery across an outage is at-least-once (consumers dedupli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -38,7 +37,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge.bus.base import confirmation, nothing_to_confirm, rejected, unavailable
+from bridge.bus.base import confirmation, nothing_to_confirm, rejected, translated, unavailable
 from bridge.bus.bindings import kafka_key, kafka_record
 from bridge.config import KafkaSettings
 from bridge.errors import BusError
@@ -192,22 +191,10 @@ class KafkaPublisher:
         producer = self._producer
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout_s  # for both steps
-        with self._translated():
+        with translated(self._translate):
             async with asyncio.timeout_at(deadline):
                 acks = await self._send(producer, events)
         return confirmation(self.name, acks, max(0.0, deadline - loop.time()), self._translate)
-
-    @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
-        try:
-            yield
-        except BusError:
-            raise
-        except Exception as exc:
-            err = self._translate(exc)
-            if err is None:
-                raise
-            raise err from exc
 
     def _translate(self, exc: BaseException) -> BusError | None:
         if isinstance(exc, REJECTED):

@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
 
-from bridge.bus.base import confirmation, nothing_to_confirm, rejected, unavailable
+from bridge.bus.base import confirmation, nothing_to_confirm, rejected, translated, unavailable
 from bridge.bus.bindings import NATS_STRUCTURED_HEADERS, nats_binary_headers, nats_structured, nats_subject
 from bridge.bus.nats_wire import batch_frames, header_block
 from bridge.config import NatsSettings
@@ -211,16 +211,9 @@ class NatsPublisher:
         return confirmation(self.name, (pong,), self._publish_timeout_s, self._translate)
 
     async def _jetstream_confirmed(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
-        try:
+        with translated(self._translate):
             async with asyncio.timeout(self._publish_timeout_s):
                 await self._publish_jetstream(messages)
-        except BusError:
-            raise
-        except Exception as exc:
-            err = self._translate(exc)
-            if err is None:
-                raise
-            raise err from exc
 
     def _translate(self, exc: BaseException) -> BusError | None:
         if isinstance(exc, nats.errors.MaxPayloadError):

@@ -284,17 +284,7 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
         assert code == 0, f"bridge exit {code}:\n{tail(logs['bridge'])}"
         added = _bridge_added(logs["bridge"])
     finally:
-        stop(consumer, deadline_s=10)
-        stop(bridge, deadline_s=20)
-        if sim is not None and sim.stdin is not None:
-            with contextlib.suppress(OSError):
-                sim.stdin.write(b"quit\n")
-                sim.stdin.flush()
-        stop(sim, deadline_s=15)
-        if kafka is not None:
-            kafka.close()
-        if nats_server is not None:
-            nats_server.close()
+        _tear_down(consumer, bridge, sim, kafka, nats_server)
 
     rate = emitted / ((t1 - t0) / 1e9)
     busy, steal = machine_load(machine0, machine1)
@@ -422,17 +412,7 @@ def test_lean_relay_and_bridge_end_to_end(tmp_path: Path, pytestconfig: pytest.C
             assert stop(relay, deadline_s=20) == 0, tail(logs[name])
             relay = None
     finally:
-        stop(consumer, deadline_s=10)
-        stop(relay, deadline_s=20)
-        if sim is not None and sim.stdin is not None:
-            with contextlib.suppress(OSError):
-                sim.stdin.write(b"quit\n")
-                sim.stdin.flush()
-        stop(sim, deadline_s=15)
-        if kafka is not None:
-            kafka.close()
-        if nats_server is not None:
-            nats_server.close()
+        _tear_down(consumer, relay, sim, kafka, nats_server)
 
     cores = os.cpu_count()
     lines = ["", f"lean relay, then the bridge: end to end, signaling only, {ROOMS} rooms, {cores} cores"]
@@ -468,6 +448,27 @@ def test_lean_relay_and_bridge_end_to_end(tmp_path: Path, pytestconfig: pytest.C
     for name in ("lean", "bridge"):
         for bus in ("nats", "kafka"):
             assert phases[name]["e2e"][bus]["n"] > 0, (name, bus)
+
+
+def _tear_down(
+    consumer: subprocess.Popen[bytes] | None,
+    relay: subprocess.Popen[bytes] | None,
+    sim: subprocess.Popen[bytes] | None,
+    kafka: KafkaBroker | Any,
+    nats_server: NatsServer | None,
+) -> None:
+    """Stop whatever a test started, in order: the consumer, the bridge (or relay), the simulator, brokers."""
+    stop(consumer, deadline_s=10)
+    stop(relay, deadline_s=20)
+    if sim is not None and sim.stdin is not None:
+        with contextlib.suppress(OSError):
+            sim.stdin.write(b"quit\n")
+            sim.stdin.flush()
+    stop(sim, deadline_s=15)
+    if kafka is not None:
+        kafka.close()
+    if nats_server is not None:
+        nats_server.close()
 
 
 def _measured_phase(sim: subprocess.Popen[bytes], pid: int) -> dict[str, Any]:
