@@ -590,23 +590,23 @@ class CommandRunner:
             if not later or not d.redelivers:
                 d.settle()
         if not later:
-            self._finished(command_id)
+            self._finished()
             return
         assert settling is not None
-        settling.add_done_callback(lambda _: self._settle_later(command_id, later))
+        settling.add_done_callback(lambda _: self._settle_later(later))
 
-    def _settle_later(self, command_id: str, deliveries: list[Delivery]) -> None:
+    def _settle_later(self, deliveries: list[Delivery]) -> None:
         try:
             for delivery in deliveries:
                 delivery.settle()
         finally:
-            self._finished(command_id)
+            self._finished()
 
     def _forget_settling(self, command_id: str, settling: asyncio.Future[Any]) -> None:
         if self._settling.get(command_id) is settling:
             del self._settling[command_id]
 
-    def _finished(self, command_id: str) -> None:
+    def _finished(self) -> None:
         self._pending -= 1
         if self._pending == 0:
             self._idle.set()
