@@ -80,17 +80,27 @@ class Pipelined(Protocol):
 Translate = Callable[[BaseException], BusError | None]
 
 
+def _translation(exc: BaseException, translate: Translate) -> BaseException:
+    """The BusError a client's ``exc`` means (with ``exc`` as its cause), or ``exc`` itself: a BusError
+    already, or one ``translate`` does not know."""
+    if isinstance(exc, BusError):
+        return exc
+    err = translate(exc)
+    if err is None:
+        return exc
+    err.__cause__ = exc
+    return err
+
+
 @contextlib.contextmanager
 def translated(translate: Translate) -> Iterator[None]:
     """Raise what ``translate`` makes of a client's exception (``from`` it); BusErrors and exceptions it
     does not know pass unchanged."""
     try:
         yield
-    except BusError:
-        raise
     except Exception as exc:
-        err = translate(exc)
-        if err is None:
+        err = _translation(exc, translate)
+        if err is exc:
             raise
         raise err from exc
 
@@ -118,19 +128,10 @@ def confirmation(
     pending = len(acks)
 
     def fail(exc: BaseException) -> None:
-        if isinstance(exc, BusError):
-            out.set_exception(exc)
-            return
         try:
-            err = translate(exc)
+            out.set_exception(_translation(exc, translate))
         except Exception as bug:  # noqa: BLE001 (a translation bug fails the batch now, not at the timer)
             out.set_exception(bug)
-            return
-        if err is None:
-            out.set_exception(exc)
-        else:
-            err.__cause__ = exc
-            out.set_exception(err)
 
     def acked(ack: asyncio.Future[Any]) -> None:
         nonlocal pending

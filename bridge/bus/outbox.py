@@ -237,9 +237,9 @@ class Outbox:
         self.batch_interval_s = batch_interval_s
         # A Pipelined publisher's batches are settled in their confirmation's done callback (no task per
         # batch); more than one in flight only where it keeps overlapping batches in order.
-        self._submit = publisher.submit_batch if isinstance(publisher, Pipelined) else None
-        pipelining = self._submit is not None and getattr(publisher, "pipelining", False)
-        self.max_in_flight = max_in_flight if pipelining else 1
+        pipelined = publisher if isinstance(publisher, Pipelined) else None
+        self._submit = pipelined.submit_batch if pipelined is not None else None
+        self.max_in_flight = max_in_flight if pipelined is not None and pipelined.pipelining else 1
         self._batch_started = -math.inf
         self._on_drop = on_drop
         # Called after a successful batch once the outbox is neither down nor overflowing: the moment
@@ -370,6 +370,8 @@ class Outbox:
 
     def _release(self, events: list[CloudEvent]) -> None:
         """Resolve the ``settled`` futures of ``events`` (published or dropped)."""
+        if not self._watchers:  # the usual case: nothing is waiting on any event
+            return
         for event in events:
             for done in self._watchers.pop(id(event), ()):
                 if not done.done():
@@ -393,8 +395,7 @@ class Outbox:
         if not events:
             return
         self.dropped += len(events)
-        if self._watchers:
-            self._release(events)
+        self._release(events)
         try:
             self._on_drop(self.bus, events)
         except Exception:  # noqa: BLE001 (logged with its traceback)
@@ -480,8 +481,7 @@ class Outbox:
             flight = flights.popleft()
             self._in_flight -= len(flight.events)
             self._published(flight.stamps)
-            if self._watchers:
-                self._release(flight.events)
+            self._release(flight.events)
             self._attempt = 0
             settled = True
         return settled

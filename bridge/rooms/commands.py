@@ -587,12 +587,11 @@ class CommandRunner:
         # drain() waits for the settlement.
         later = [d for d in deliveries if d.redelivers] if settling is not None else []
         for d in deliveries:
-            if not later or not d.redelivers:
+            if settling is None or not d.redelivers:
                 d.settle()
-        if not later:
+        if settling is None or not later:
             self._finished()
             return
-        assert settling is not None
         settling.add_done_callback(lambda _: self._settle_later(later))
 
     def _settle_later(self, deliveries: list[Delivery]) -> None:
