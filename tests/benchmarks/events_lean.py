@@ -6,9 +6,10 @@ Run as ``python tests/benchmarks/events_lean.py --url ws://127.0.0.1:P --rooms N
 websocket per room ``load-0`` … ``load-<N-1>`` and, for every binary frame, parses the SignalResponse (its
 variant names the event type), slices the variant's bytes out of the frame unchanged, and queues one Kafka
 record (prebuilt headers, key = room) and one structured NATS message (prebuilt JSON envelope, base64
-data). Every ``--batch-interval-s`` (5 ms) what is queued goes out: Kafka as one record batch per
-partition (``send_batch``, acks=all, not awaited: aiokafka queues them), NATS through nats-py's buffered
-``publish`` and one ``flush``. A ping every 5 s keeps the sessions alive.
+data; the event ``time`` is read once per batch). Every ``--batch-interval-s`` (5 ms) what is queued goes
+out: Kafka as one record batch per partition (``send_batch``, acks=all, not awaited: aiokafka queues
+them), NATS through nats-py's buffered ``publish`` and one ``flush``. A ping every 5 s keeps the sessions
+alive.
 
 What it does not do, and the bridge does: the session state machine, room state and snapshots, JSON
 mapping, per-room ordering guarantees across reconnects, bounded outboxes with retries and gap events,
@@ -69,9 +70,14 @@ def _token(args: argparse.Namespace, room: str) -> str:
 
 
 class Relay:
-    def __init__(self, args: argparse.Namespace, producer: Any, nc: Any, partitions: list[int]) -> None:
-        self.topic = args.topic
-        self.prefix = args.prefix
+    """The lean pipeline: :meth:`relay` one frame (queued), :meth:`flush` what is queued. Also used in
+    process by ``test_events_throughput``'s LEAN reference, fed recorded frames."""
+
+    def __init__(
+        self, producer: Any, nc: Any, partitions: list[int], *, topic: str, prefix: str, rooms: int
+    ) -> None:
+        self.topic = topic
+        self.prefix = prefix
         self.producer = producer
         self.nc = nc
         self.session = "LS_" + uuid.uuid4().hex[:16]
@@ -85,7 +91,7 @@ class Relay:
         self.partition: dict[str, int] = {}
         self.static: dict[str, list[tuple[str, bytes]]] = {}
         self.json_prefix: dict[str, str] = {}
-        for i in range(args.rooms):
+        for i in range(rooms):
             room = f"load-{i}"
             key = room.encode()
             self.room_key[room] = key
@@ -104,6 +110,14 @@ class Relay:
             )
         self.types: dict[str, tuple[bytes, str]] = {}
         self.nats_headers = {"Content-Type": "application/cloudevents+json"}
+        self.stamp, self.stamp_b = "", b""
+        self.tick()
+
+    def tick(self) -> None:
+        """The ``time`` of the events queued from now on: one clock read per batch, not per event."""
+        now = time.time()
+        self.stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+        self.stamp_b = self.stamp.encode()
 
     async def room(self, url: str, token: str, room: str) -> None:
         query = urlencode({"protocol": "17", "sdk": "python", "auto_subscribe": "0", "access_token": token})
@@ -135,8 +149,6 @@ class Relay:
         self.seq += 1
         self.frames += 1
         seq = f"{self.seq:020d}"
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
         p = self.partition[room]
         batch = self.batches.get(p)
         if batch is None:
@@ -149,7 +161,7 @@ class Relay:
                 *self.static[room],
                 ("ce_id", f"{self.session}-{seq}".encode()),
                 ("ce_type", t[0]),
-                ("ce_time", stamp.encode()),
+                ("ce_time", self.stamp_b),
                 ("ce_sequence", seq.encode()),
             ],
         )
@@ -159,7 +171,7 @@ class Relay:
             (
                 (
                     f'{self.json_prefix[room]},"id":"{self.session}-{seq}","sequence":"{seq}",'
-                    f'"type":"{t[1]}","time":"{stamp}","data_base64":"'
+                    f'"type":"{t[1]}","time":"{self.stamp}","data_base64":"'
                 ).encode(),
                 base64.b64encode(payload),
                 b'"}',
@@ -167,13 +179,23 @@ class Relay:
         )
         await self.nc.publish(f"{self.prefix}.events.{room}.{kind}", body, headers=self.nats_headers)
 
+    async def flush(self, *, close: bool = True) -> list[asyncio.Future[Any]]:
+        """Send what is queued: one record batch per partition (closed: sent at once; else aiokafka may
+        linger on it), and a NATS flush; returns the acks."""
+        batches, self.batches = self.batches, {}
+        acks = []
+        for p, batch in batches.items():
+            if close:
+                batch.close()
+            acks.append(await self.producer.send_batch(batch, self.topic, partition=p))
+        await self.nc.flush()
+        self.tick()
+        return acks
+
     async def flush_every(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            batches, self.batches = self.batches, {}
-            for p, batch in batches.items():
-                batch.close()
-                self.acks.append(await self.producer.send_batch(batch, self.topic, partition=p))
+            self.acks.extend(await self.flush())
             pending = []
             for ack in self.acks:
                 if ack.done():
@@ -181,7 +203,6 @@ class Relay:
                 else:
                     pending.append(ack)
             self.acks = pending
-            await self.nc.flush()
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -198,7 +219,7 @@ async def _main(args: argparse.Namespace) -> int:
     await producer.start()
     nc = await nats.connect(args.nats)
     partitions = sorted(await producer.partitions_for(args.topic))
-    relay = Relay(args, producer, nc, partitions)
+    relay = Relay(producer, nc, partitions, topic=args.topic, prefix=args.prefix, rooms=args.rooms)
     rooms = [f"load-{i}" for i in range(args.rooms)]
     tasks = [asyncio.create_task(relay.room(args.url, _token(args, r), r)) for r in rooms]
     flusher = asyncio.create_task(relay.flush_every(args.batch_interval_s))

@@ -163,6 +163,32 @@ def _bridge_added(log: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def _start_sim(log: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
+    """``events_sim.py`` on ``port`` with the ROOMS load rooms; returns once it is READY."""
+    sim = spawn(
+        [str(HERE / "events_sim.py"), "--port", str(port), "--rooms", str(ROOMS),
+         "--api-key", API_KEY, "--api-secret", API_SECRET, *options],
+        log,
+        piped=True,
+    )  # fmt: skip
+    ask(sim, None, "READY", 30)
+    return sim
+
+
+def _start_consumer(
+    log: Path, nats_url: str, prefix: str, bootstrap: str, topic: str, out: Path
+) -> subprocess.Popen[bytes]:
+    """``events_consumer.py`` on ``<prefix>.events.>`` and every partition of ``topic``, READY."""
+    consumer = spawn(
+        [str(HERE / "events_consumer.py"), "--nats", nats_url, "--prefix", prefix,
+         "--kafka", bootstrap, "--topic", topic, "--out", str(out)],
+        log,
+        piped=True,
+    )  # fmt: skip
+    ask(consumer, None, "READY", 30)
+    return consumer
+
+
 def _start_bridge(
     tmp_path: Path,
     log: Path,
@@ -223,23 +249,11 @@ def test_bridge_added_latency(variant: str, tmp_path: Path, pytestconfig: pytest
         topic, prefix = f"bench-latency-{tag}", f"bench{tag}"
         asyncio.run(create_topic(kafka.bootstrap, topic, partitions=PARTITIONS))
         port = free_port()
-        sim = spawn(
-            [str(HERE / "events_sim.py"), "--port", str(port), "--rooms", str(ROOMS),
-             "--api-key", API_KEY, "--api-secret", API_SECRET],
-            logs["sim"],
-            piped=True,
-        )  # fmt: skip
-        ask(sim, None, "READY", 30)
+        sim = _start_sim(logs["sim"], port)
         out = tmp_path / "consumer"
         out.mkdir()
         if variant != "no_consumer":
-            consumer = spawn(
-                [str(HERE / "events_consumer.py"), "--nats", nats_server.url, "--prefix", prefix,
-                 "--kafka", kafka.bootstrap, "--topic", topic, "--out", str(out)],
-                logs["consumer"],
-                piped=True,
-            )  # fmt: skip
-            ask(consumer, None, "READY", 30)
+            consumer = _start_consumer(logs["consumer"], nats_server.url, prefix, kafka.bootstrap, topic, out)
         kafka_section = {
             "bootstrap_servers": [kafka.bootstrap],
             "events_topic": topic,
@@ -361,13 +375,7 @@ def test_lean_relay_and_bridge_end_to_end(tmp_path: Path, pytestconfig: pytest.C
         nats_server = start_nats_server()
         kafka = start_kafka_broker()
         port = free_port()
-        sim = spawn(
-            [str(HERE / "events_sim.py"), "--port", str(port), "--rooms", str(ROOMS),
-             "--api-key", API_KEY, "--api-secret", API_SECRET, "--signal-only"],
-            logs["sim"],
-            piped=True,
-        )  # fmt: skip
-        ask(sim, None, "READY", 30)
+        sim = _start_sim(logs["sim"], port, "--signal-only")
         # Each phase has its own topic, subject prefix and consumer: tansu's fetches get slower as a
         # topic grows, which would penalise whichever ran second.
         for name in ("lean", "bridge"):
@@ -376,13 +384,7 @@ def test_lean_relay_and_bridge_end_to_end(tmp_path: Path, pytestconfig: pytest.C
             asyncio.run(create_topic(kafka.bootstrap, topic, partitions=PARTITIONS))
             out = tmp_path / name
             out.mkdir()
-            consumer = spawn(
-                [str(HERE / "events_consumer.py"), "--nats", nats_server.url, "--prefix", prefix,
-                 "--kafka", kafka.bootstrap, "--topic", topic, "--out", str(out)],
-                logs["consumer"],
-                piped=True,
-            )  # fmt: skip
-            ask(consumer, None, "READY", 30)
+            consumer = _start_consumer(logs["consumer"], nats_server.url, prefix, kafka.bootstrap, topic, out)
             if name == "lean":
                 relay = spawn(
                     [str(HERE / "events_lean.py"), "--url", f"ws://127.0.0.1:{port}", "--rooms", str(ROOMS),

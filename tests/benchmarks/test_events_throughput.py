@@ -31,8 +31,9 @@ Phases, all in the same run:
    NAIVE (``FromString``, ``MessageToDict``, a ``cloudevents`` SDK event, ``to_binary`` + one awaited
    ``send_and_wait`` to Kafka and an awaited NATS publish with SDK-derived ``ce-`` headers, per event) and
    LEAN (``FromString`` + ``WhichOneof``, payload bytes sliced out, prebuilt static headers / structured
-   JSON prefix + per-event id/sequence/time, Kafka ``create_batch``/``send_batch`` and NATS publish +
-   one flush per 500 events, nothing else), and CORE (``events_core.py``): the bridge's own pipeline --
+   JSON prefix + per-event id/sequence, a time read once per batch, Kafka ``create_batch``/``send_batch``
+   and NATS publish + one flush per 500 events, nothing else: ``events_lean.Relay``, the same code as the
+   end-to-end relay process), and CORE (``events_core.py``): the bridge's own pipeline --
    50 real RoomSessions (protocol, room state, mapping), the fan-out, both outboxes and publishers -- fed
    the frames directly. None of the three has a websocket receive, aiortc or 50 reader tasks; the
    end-to-end phases include all of those and share the 2 cores with the simulator, brokers and consumer.
@@ -65,7 +66,7 @@ from typing import Any, Final
 
 import pytest
 import yaml
-from events_lean import slice_payload
+from events_lean import Relay
 
 from bridge.demo_services import free_port
 from support.bench import (
@@ -456,18 +457,15 @@ async def _naive(frames: list[bytes], bootstrap: str, topic: str, nats_url: str,
 
 
 async def _lean(frames: list[bytes], bootstrap: str, topic: str, nats_url: str, prefix: str) -> Reference:
-    import base64
-
+    """The lean pipeline of ``events_lean.py`` fed the recorded frames in process, flushed every 500."""
     import nats
     from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import DefaultPartitioner
-    from livekit.protocol import rtc
 
     producer: Any = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         enable_idempotence=False,
-        linger_ms=5,
+        linger_ms=5,  # the batches are handed over open (flush(close=False)): aiokafka gathers for 5 ms
         max_batch_size=512 * 1024,
         max_request_size=1024 * 1024,
     )
@@ -475,79 +473,15 @@ async def _lean(frames: list[bytes], bootstrap: str, topic: str, nats_url: str, 
     nc = await nats.connect(nats_url)
     try:
         partitions = sorted(await producer.partitions_for(topic))
-        partitioner = DefaultPartitioner()
-        session = "BS_" + uuid.uuid4().hex[:16]
+        relay = Relay(producer, nc, partitions, topic=topic, prefix=prefix, rooms=ROOMS)
         rooms = [f"load-{i}" for i in range(ROOMS)]
-        room_bytes = [r.encode() for r in rooms]
-        room_partition = [partitioner(k, partitions, partitions) for k in room_bytes]
-        static = [
-            [
-                ("ce_specversion", b"1.0"),
-                ("ce_source", f"livekit://127.0.0.1/rooms/{r}".encode()),
-                ("ce_lkroom", r.encode()),
-                ("ce_lksession", session.encode()),
-                ("ce_partitionkey", r.encode()),
-                ("content-type", b"application/x-protobuf"),
-            ]
-            for r in rooms
-        ]
-        json_prefix = [
-            f'{{"specversion":"1.0","source":"livekit://127.0.0.1/rooms/{r}","lkroom":"{r}",'
-            f'"lksession":"{session}","partitionkey":"{r}","datacontenttype":"application/x-protobuf"'
-            for r in rooms
-        ]
-        types: dict[str, tuple[bytes, str]] = {}
-        nats_headers = {"Content-Type": "application/cloudevents+json"}
-        publish = nc.publish
         n = 0
         t0, c0 = time.perf_counter(), own_cpu_seconds()
         while n < LEAN_EVENTS:
-            now = time.time()
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-            stamp_b = stamp.encode()
-            batches: dict[int, Any] = {}
-            futures = []
             for _ in range(LEAN_BATCH):
-                frame = frames[n % len(frames)]
-                i = n % ROOMS
-                kind = rtc.SignalResponse.FromString(frame).WhichOneof("message")
-                assert kind is not None
-                payload = slice_payload(frame)
-                t = types.get(kind)
-                if t is None:
-                    t = types[kind] = (
-                        f"io.livekit.signal.{kind}.v1".encode(),
-                        f"io.livekit.signal.{kind}.v1",
-                    )
-                seq = f"{n:020d}"
-                headers = [
-                    *static[i],
-                    ("ce_id", f"{session}-{seq}".encode()),
-                    ("ce_type", t[0]),
-                    ("ce_time", stamp_b),
-                    ("ce_sequence", seq.encode()),
-                ]
-                p = room_partition[i]
-                batch = batches.get(p)
-                if batch is None:
-                    batch = batches[p] = producer.create_batch()
-                batch.append(key=room_bytes[i], value=payload, timestamp=None, headers=headers)
-                body = b"".join(
-                    (
-                        (
-                            f'{json_prefix[i]},"id":"{session}-{seq}","sequence":"{seq}","type":"{t[1]}",'
-                            f'"time":"{stamp}","data_base64":"'
-                        ).encode(),
-                        base64.b64encode(payload),
-                        b'"}',
-                    )
-                )
-                await publish(f"{prefix}.events.{rooms[i]}.{kind}", body, headers=nats_headers)
+                await relay.relay(rooms[n % ROOMS], frames[n % len(frames)])
                 n += 1
-            for p, batch in batches.items():
-                futures.append(await producer.send_batch(batch, topic, partition=p))
-            await nc.flush()
-            await asyncio.gather(*futures)
+            await asyncio.gather(*await relay.flush(close=False))
         seconds, cpu = time.perf_counter() - t0, own_cpu_seconds() - c0
     finally:
         await nc.close()
