@@ -314,13 +314,18 @@ class RoomSession:
         # the track's name: a URL track is named by the command or not at all.
         name = msg.name or (URL_TRACK_NAME if msg.url else Path(msg.path).stem)
         if track.kind == "video":
+            width, height = track.stream.width, track.stream.height
             request = rtc.AddTrackRequest(
                 cid=cid,
                 name=name,
                 type=models.VIDEO,
                 source=msg.source or models.CAMERA,
-                width=track.stream.width,
-                height=track.stream.height,
+                width=width,
+                height=height,
+                # One layer, HIGH, as LiveKit's SDKs announce a track that is not simulcast: LiveKit copies
+                # the layers into TrackInfo, where subscribers read the dimensions (width/height are the
+                # deprecated fields).
+                layers=[models.VideoLayer(quality=models.VideoQuality.HIGH, width=width, height=height)],
             )
         else:
             request = rtc.AddTrackRequest(

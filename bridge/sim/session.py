@@ -419,7 +419,13 @@ class ClientSession:
             source=req.source,
             mime_type=mime,
             stream=req.stream,
-            codecs=[models.SimulcastCodecInfo(mime_type=mime, cid=req.cid)],
+            # As LiveKit: the announced layers, also on the one codec it synthesises for a video track.
+            layers=list(req.layers),
+            codecs=[
+                models.SimulcastCodecInfo(
+                    mime_type=mime, cid=req.cid, layers=list(req.layers) if req.type == models.VIDEO else []
+                )
+            ],
             audio_features=list(req.audio_features),
         )
         self._pending_tracks[req.cid] = track
