@@ -11,6 +11,11 @@ out: Kafka as one record batch per partition (``send_batch``, acks=all, not awai
 them), NATS through nats-py's buffered ``publish`` and one ``flush``. A ping every 5 s keeps the sessions
 alive.
 
+With ``--latency`` (the end-to-end relay) it also times every event from the moment its frame was read to
+the broker's confirmation (the Kafka batch's ack; the NATS flush's PONG), in the bridge's own
+``LatencyHistogram``, and logs at exit the line the bridge logs for each bus ("bus nats: ... added latency
+(put -> confirmed) p50 .. p99 .. max .."), so the two are read by one parser and compared like for like.
+
 What it does not do, and the bridge does: the session state machine, room state and snapshots, JSON
 mapping, per-room ordering guarantees across reconnects, bounded outboxes with retries and gap events,
 redaction, the WebRTC side (no PeerConnection: run the simulator with ``--signal-only``).
@@ -27,6 +32,7 @@ import signal
 import sys
 import time
 import uuid
+from itertools import chain
 from typing import Any
 from urllib.parse import urlencode
 
@@ -37,7 +43,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from livekit.protocol import rtc
 
+from bridge.bus.outbox import LatencyHistogram
+
 PING_INTERVAL_S = 5.0
+CLOSE_TIMEOUT_S = 5.0
 
 
 def slice_payload(frame: bytes) -> bytes:
@@ -74,7 +83,15 @@ class Relay:
     process by ``test_events_throughput``'s LEAN reference, fed recorded frames."""
 
     def __init__(
-        self, producer: Any, nc: Any, partitions: list[int], *, topic: str, prefix: str, rooms: int
+        self,
+        producer: Any,
+        nc: Any,
+        partitions: list[int],
+        *,
+        topic: str,
+        prefix: str,
+        rooms: int,
+        latency: bool = False,
     ) -> None:
         self.topic = topic
         self.prefix = prefix
@@ -86,6 +103,10 @@ class Relay:
         self.seq = 0
         self.joined = 0
         self.batches: dict[int, Any] = {}
+        # Read -> confirmed per bus (``latency``): the read time of every event queued, per partition batch.
+        self.latency = {"nats": LatencyHistogram(), "kafka": LatencyHistogram()} if latency else None
+        self.stamps: dict[int, list[float]] = {}
+        self.published = {"nats": [0, 0], "kafka": [0, 0]}  # events, batches
         self.acks: list[asyncio.Future[Any]] = []
         self.room_key: dict[str, bytes] = {}
         self.partition: dict[str, int] = {}
@@ -153,6 +174,9 @@ class Relay:
         batch = self.batches.get(p)
         if batch is None:
             batch = self.batches[p] = self.producer.create_batch()
+            self.stamps[p] = []
+        if self.latency is not None:
+            self.stamps[p].append(time.monotonic())
         appended = batch.append(
             key=self.room_key[room],
             value=payload,
@@ -183,14 +207,39 @@ class Relay:
         """Send what is queued: one record batch per partition (closed: sent at once; else aiokafka may
         linger on it), and a NATS flush; returns the acks."""
         batches, self.batches = self.batches, {}
+        stamps, self.stamps = self.stamps, {}
         acks = []
         for p, batch in batches.items():
             if close:
                 batch.close()
-            acks.append(await self.producer.send_batch(batch, self.topic, partition=p))
+            ack = await self.producer.send_batch(batch, self.topic, partition=p)
+            if self.latency is not None:
+                ack.add_done_callback(lambda f, s=stamps[p]: self._confirmed("kafka", f, s))
+            acks.append(ack)
         await self.nc.flush()
+        if self.latency is not None and stamps:
+            self.latency["nats"].record_since(time.monotonic(), chain.from_iterable(stamps.values()))
+            self.published["nats"][0] += sum(len(v) for v in stamps.values())
+            self.published["nats"][1] += 1
         self.tick()
         return acks
+
+    def _confirmed(self, bus: str, ack: asyncio.Future[Any], stamps: list[float]) -> None:
+        if self.latency is not None and not ack.cancelled() and ack.exception() is None:
+            self.latency[bus].record_since(time.monotonic(), stamps)
+            self.published[bus][0] += len(stamps)
+            self.published[bus][1] += 1
+
+    def summary(self) -> str:
+        """The bridge's shutdown line per bus (bridge.app), for the read -> confirmed times."""
+        lines = []
+        for bus, h in (self.latency or {}).items():
+            lines.append(
+                f"bus {bus}: {self.published[bus][0]} events published in {self.published[bus][1]} batches, "
+                f"0 dropped; added latency (put -> confirmed) p50 {h.percentile(50) * 1e3:.3f} ms "
+                f"p99 {h.percentile(99) * 1e3:.3f} ms max {h.max_s * 1e3:.3f} ms over {h.count} events"
+            )
+        return "\n".join(lines)
 
     async def flush_every(self, interval_s: float) -> None:
         while True:
@@ -219,7 +268,9 @@ async def _main(args: argparse.Namespace) -> int:
     await producer.start()
     nc = await nats.connect(args.nats)
     partitions = sorted(await producer.partitions_for(args.topic))
-    relay = Relay(producer, nc, partitions, topic=args.topic, prefix=args.prefix, rooms=args.rooms)
+    relay = Relay(
+        producer, nc, partitions, topic=args.topic, prefix=args.prefix, rooms=args.rooms, latency=args.latency
+    )
     rooms = [f"load-{i}" for i in range(args.rooms)]
     tasks = [asyncio.create_task(relay.room(args.url, _token(args, r), r)) for r in rooms]
     flusher = asyncio.create_task(relay.flush_every(args.batch_interval_s))
@@ -234,8 +285,13 @@ async def _main(args: argparse.Namespace) -> int:
     for task in (*tasks, flusher):
         task.cancel()
     await asyncio.gather(*tasks, flusher, return_exceptions=True)
-    await nc.close()
-    await producer.stop()
+    if args.latency:  # first: every measured batch was confirmed long ago
+        print(relay.summary(), file=sys.stderr, flush=True)
+    for name, closing in (("nats", nc.close()), ("kafka", producer.stop())):
+        try:
+            await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+        except TimeoutError:  # a harness hiccup, not a measurement: say so and go on
+            print(f"lean relay: closing the {name} client took over {CLOSE_TIMEOUT_S:g}s", file=sys.stderr)
     print(f"DONE {relay.frames}", flush=True)
     return 0
 
@@ -246,6 +302,7 @@ def main() -> int:
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--rooms", type=int, required=True)
     parser.add_argument("--batch-interval-s", type=float, default=0.005)
+    parser.add_argument("--latency", action="store_true", help="time read -> confirmed per bus (see above)")
     return asyncio.run(_main(parser.parse_args()))
 
 
