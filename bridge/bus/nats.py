@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import nats
@@ -30,7 +30,13 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
 
 from bridge.bus.base import confirmation, nothing_to_confirm, rejected, translated, unavailable
-from bridge.bus.bindings import NATS_STRUCTURED_HEADERS, nats_binary_headers, nats_structured, nats_subject
+from bridge.bus.bindings import (
+    NATS_STRUCTURED_HEADERS,
+    nats_binary_block,
+    nats_binary_headers,
+    nats_structured,
+    nats_subject,
+)
 from bridge.bus.nats_wire import batch_frames, header_block
 from bridge.config import NatsSettings
 from bridge.errors import BusError
@@ -45,7 +51,6 @@ STREAM_NAME: Final = "LIVEKIT_EVENTS"
 log = logging.getLogger("bridge.bus.nats")
 
 _MSG_ID: Final = "Nats-Msg-Id"  # JetStream deduplication within the duplicate window
-_STRUCTURED_HEADERS: Final = dict(NATS_STRUCTURED_HEADERS)
 _STRUCTURED_BLOCK: Final = header_block(NATS_STRUCTURED_HEADERS)
 _PING: Final = b"PING\r\n"
 _STREAM_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
@@ -200,15 +205,20 @@ class NatsPublisher:
         assert nc is not None
         if not nc.is_connected:
             raise unavailable(self.name, "not connected")
-        messages = self._encode(events)
-        limit = nc.max_payload
-        # Checked before anything is sent, so a refused batch was not half published.
-        if any(len(payload) > limit for _, payload, _ in messages):
-            raise rejected(self.name, f"an event exceeds the server's max_payload ({limit} bytes)")
         if self._jetstream:
+            messages = self._encode(events)
+            self._check_payloads(nc, (payload for _, payload, _ in messages))
             return asyncio.ensure_future(self._jetstream_confirmed(messages))
-        pong = self._publish_core(nc, events, messages)
+        framed = self._frame(events)
+        self._check_payloads(nc, (payload for _, _, payload in framed))
+        pong = self._publish_core(nc, len(events), framed)
         return confirmation(self.name, (pong,), self._publish_timeout_s, self._translate)
+
+    def _check_payloads(self, nc: Client, payloads: Iterable[bytes]) -> None:
+        """Before anything is sent, so a refused batch was not half published."""
+        limit = nc.max_payload
+        if any(len(payload) > limit for payload in payloads):
+            raise rejected(self.name, f"an event exceeds the server's max_payload ({limit} bytes)")
 
     async def _jetstream_confirmed(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
         with translated(self._translate):
@@ -229,31 +239,32 @@ class NatsPublisher:
         return None
 
     def _encode(self, events: Sequence[CloudEvent]) -> list[tuple[str, bytes, dict[str, str]]]:
+        """``(subject, payload, headers)`` per event for nats-py's JetStream publish."""
         prefix = self._prefix
         if self._binary:
             out = [(nats_subject(prefix, e), e.data, nats_binary_headers(e)) for e in events]
-            if self._jetstream:
-                for (_, _, headers), e in zip(out, events, strict=True):
-                    headers[_MSG_ID] = e.id
+            for (_, _, headers), e in zip(out, events, strict=True):
+                headers[_MSG_ID] = e.id
             return out
-        if self._jetstream:
-            return [
-                (nats_subject(prefix, e), nats_structured(e), {**NATS_STRUCTURED_HEADERS, _MSG_ID: e.id})
-                for e in events
-            ]
-        # One shared header dict for the whole batch: nats-py only reads it.
-        shared = _STRUCTURED_HEADERS
-        return [(nats_subject(prefix, e), nats_structured(e), shared) for e in events]
+        return [
+            (nats_subject(prefix, e), nats_structured(e), {**NATS_STRUCTURED_HEADERS, _MSG_ID: e.id})
+            for e in events
+        ]
+
+    def _frame(self, events: Sequence[CloudEvent]) -> list[tuple[str, bytes, bytes]]:
+        """``(subject, header block, payload)`` per event for core NATS: the structured block is the same
+        for every event; a binary one is joined from parts encoded once per session and type."""
+        prefix = self._prefix
+        if self._binary:
+            return [(nats_subject(prefix, e), nats_binary_block(e), e.data) for e in events]
+        return [(nats_subject(prefix, e), _STRUCTURED_BLOCK, nats_structured(e)) for e in events]
 
     def _publish_core(
-        self, nc: Client, events: Sequence[CloudEvent], messages: list[tuple[str, bytes, dict[str, str]]]
+        self, nc: Client, count: int, framed: list[tuple[str, bytes, bytes]]
     ) -> asyncio.Future[Any]:
         """Write the batch as one buffer of ``HPUB`` commands (:mod:`bridge.bus.nats_wire`) with a PING
         behind it; returns the future the PONG resolves, which confirms the server read all of it."""
-        if self._binary:
-            frames = batch_frames((subject, header_block(h), payload) for subject, payload, h in messages)
-        else:
-            frames = batch_frames((subject, _STRUCTURED_BLOCK, payload) for subject, payload, _ in messages)
+        frames = batch_frames(framed)
         # Straight onto the socket with our own PING, registered where nats-py's reader resolves PONGs in
         # order. Not ``publish`` + ``flush()``: ``publish`` queues for a flusher task, which can put the
         # PING first (a PONG that confirms nothing), and ``flush()`` returns at once, confirming nothing,
@@ -268,8 +279,8 @@ class NatsPublisher:
         self._pongs.add(pong)  # ours only: nats-py's own keepalive PINGs are left alone
         pong.add_done_callback(self._pongs.discard)
         transport.write(frames + _PING)
-        nc.stats["out_msgs"] += len(events)
-        nc.stats["out_bytes"] += sum(len(payload) for _, payload, _ in messages)
+        nc.stats["out_msgs"] += count
+        nc.stats["out_bytes"] += sum(len(payload) for _, _, payload in framed)
         return pong
 
     async def _publish_jetstream(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:

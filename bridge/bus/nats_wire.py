@@ -14,9 +14,10 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-__all__ = ["batch_frames", "header_block"]
+__all__ = ["BLOCK_END", "BLOCK_START", "batch_frames", "header_block", "header_lines"]
 
-_STATUS_LINE: Final = b"NATS/1.0\r\n"
+BLOCK_START: Final = b"NATS/1.0\r\n"  # a header block: BLOCK_START, header lines, BLOCK_END
+BLOCK_END: Final = b"\r\n"
 _CRLF: Final = b"\r\n"
 # RFC 7230 token characters, as nats-py and the server accept them for a header name.
 _KEY_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -25,14 +26,19 @@ _SUBJECT_BAD: Final = frozenset(" \t\r\n")
 
 def header_block(headers: Mapping[str, str]) -> bytes:
     """The encoded header block; ValueError names a key or value NATS would not carry."""
-    parts = [_STATUS_LINE]
+    return b"".join((BLOCK_START, header_lines(headers), BLOCK_END))
+
+
+def header_lines(headers: Mapping[str, str]) -> bytes:
+    """The ``<key>: <value>\\r\\n`` lines of a header block, checked (ValueError names a key or value NATS
+    would not carry): for parts of a block encoded once and joined per message."""
+    parts = []
     for key, value in headers.items():
         if not _KEY_RE.fullmatch(key):
             raise ValueError(f"invalid NATS header name {key!r}")
         if "\r" in value or "\n" in value:
             raise ValueError(f"the value of NATS header {key!r} contains a line break")
         parts.append(f"{key}: {value}\r\n".encode())
-    parts.append(_CRLF)
     return b"".join(parts)
 
 

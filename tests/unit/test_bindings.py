@@ -7,6 +7,7 @@ JSON, ``json.loads`` plus the JSON-format rules, and the percent-decoding rules 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import time
@@ -22,6 +23,7 @@ from bridge.bus.bindings import (
     event_from_kafka,
     event_from_nats,
     kafka_record,
+    nats_binary_block,
     nats_binary_headers,
     nats_structured,
     nats_subject,
@@ -29,6 +31,7 @@ from bridge.bus.bindings import (
     percent_encode,
     room_token,
 )
+from bridge.bus.nats_wire import header_block
 from bridge.events.cloudevent import JSON, PROTOBUF
 from support.events import TYPES, context, make_event, mixed_events
 
@@ -199,6 +202,21 @@ def test_binary_headers_cover_every_attribute_percent_encoded() -> None:
     assert decoded == {**event.attributes(), "data": event.data}
 
 
+def test_binary_block_is_the_block_of_the_binary_headers() -> None:
+    """The core publisher joins the block from cached parts; JetStream (and nats-py) encode the dict."""
+    with_extensions = dataclasses.replace(
+        make_event(context("r"), 9, subject=None), extensions=(("lkcommandid", "cmd 1%"), ("lkattempt", "2"))
+    )
+    for event in [*mixed_events(12), with_extensions]:
+        assert nats_binary_block(event) == header_block(nats_binary_headers(event)), event
+
+
+def test_binary_block_refuses_a_header_name_nats_would_not_carry() -> None:
+    event = dataclasses.replace(make_event(context("r"), 1), extensions=(("bad name", "x"),))
+    with pytest.raises(ValueError, match="invalid NATS header name"):
+        nats_binary_block(event)
+
+
 @given(st.text(max_size=40))
 def test_percent_encode_round_trips(value: str) -> None:
     try:
@@ -225,6 +243,7 @@ def test_per_event_cost_is_printed() -> None:
         ("kafka_record", kafka_record),
         ("nats_structured", nats_structured),
         ("nats_binary_headers", nats_binary_headers),
+        ("nats_binary_block", nats_binary_block),
         ("nats_subject", lambda e: nats_subject("livekit", e)),
     ):
         began = time.perf_counter()
