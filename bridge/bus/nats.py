@@ -207,18 +207,25 @@ class NatsPublisher:
             raise unavailable(self.name, "not connected")
         if self._jetstream:
             messages = self._encode(events)
-            self._check_payloads(nc, (payload for _, payload, _ in messages))
+            self._check_sizes(nc, ((header_block(h), payload) for _, payload, h in messages))
             return asyncio.ensure_future(self._jetstream_confirmed(messages))
         framed = self._frame(events)
-        self._check_payloads(nc, (payload for _, _, payload in framed))
+        self._check_sizes(nc, ((block, payload) for _, block, payload in framed))
         pong = self._publish_core(nc, len(events), framed)
         return confirmation(self.name, (pong,), self._publish_timeout_s, self._translate)
 
-    def _check_payloads(self, nc: Client, payloads: Iterable[bytes]) -> None:
-        """Before anything is sent, so a refused batch was not half published."""
+    def _check_sizes(self, nc: Client, messages: Iterable[tuple[bytes, bytes]]) -> None:
+        """Before anything is sent, so a refused batch was not half published. The server holds headers
+        and payload together to ``max_payload``, and closes the connection of a client that sends more:
+        every batch in flight would be lost with it, and this one retried forever."""
         limit = nc.max_payload
-        if any(len(payload) > limit for payload in payloads):
-            raise rejected(self.name, f"an event exceeds the server's max_payload ({limit} bytes)")
+        for block, payload in messages:
+            if len(block) + len(payload) > limit:
+                raise rejected(
+                    self.name,
+                    f"an event of {len(payload)} bytes and {len(block)} bytes of headers exceeds the "
+                    f"server's max_payload ({limit} bytes)",
+                )
 
     async def _jetstream_confirmed(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
         with translated(self._translate):

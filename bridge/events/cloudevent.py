@@ -13,12 +13,29 @@ The bus bindings (``bridge/bus/bindings.py``) turn these into Kafka headers or N
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 SPEC_VERSION: Final = "1.0"
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
+# The attributes every event may carry; an extension never takes one of these names.
+ATTRIBUTES: Final = frozenset(
+    {"specversion", "id", "source", "type", "time", "datacontenttype", "dataschema", "subject", "data",
+     "data_base64", "traceparent", "tracestate", "lkroom", "lkroomsid", "lksession", "sequence",
+     "partitionkey"}
+)  # fmt: skip
+_EXTENSION_NAME: Final = re.compile(r"[a-z0-9]{1,20}")
+
+
+def check_extensions(extensions: Iterable[tuple[str, str]]) -> None:
+    """ValueError unless every name is a CloudEvents extension name (lower-case alphanumerics, at most 20,
+    §3.1.1) that no attribute has: each binding writes names as they are, so a clash would be sent twice."""
+    for name, _ in extensions:
+        if not _EXTENSION_NAME.fullmatch(name) or name in ATTRIBUTES:
+            raise ValueError(f"invalid CloudEvent extension name {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

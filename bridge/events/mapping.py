@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from livekit.protocol import models, rtc
 
 from bridge.events import types
-from bridge.events.cloudevent import JSON, PROTOBUF, CloudEvent, EventType, SessionContext
+from bridge.events.cloudevent import JSON, PROTOBUF, CloudEvent, EventType, SessionContext, check_extensions
 from bridge.events.jsonfmt import message_to_json
 
 REDACTED: Final = "REDACTED"
@@ -304,5 +304,6 @@ class EventMapper:
             return None
         event = self._event(etype, message, None, subject, wall)
         if extensions or traceparent:
+            check_extensions(extensions)
             event = dataclasses.replace(event, extensions=extensions, traceparent=traceparent)
         return event

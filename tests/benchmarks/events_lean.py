@@ -32,7 +32,6 @@ import signal
 import sys
 import time
 import uuid
-from itertools import chain
 from typing import Any
 from urllib.parse import urlencode
 
@@ -106,7 +105,8 @@ class Relay:
         # Read -> confirmed per bus (``latency``): the read time of every event queued, per partition batch.
         self.latency = {"nats": LatencyHistogram(), "kafka": LatencyHistogram()} if latency else None
         self.stamps: dict[int, list[float]] = {}
-        self.published = {"nats": [0, 0], "kafka": [0, 0]}  # events, batches
+        self.nats_stamps: list[float] = []
+        self.published = {"nats": [0, 0, 0], "kafka": [0, 0, 0]}  # events, batches, events lost
         self.acks: list[asyncio.Future[Any]] = []
         self.room_key: dict[str, bytes] = {}
         self.partition: dict[str, int] = {}
@@ -176,7 +176,9 @@ class Relay:
             batch = self.batches[p] = self.producer.create_batch()
             self.stamps[p] = []
         if self.latency is not None:
-            self.stamps[p].append(time.monotonic())
+            now = time.monotonic()
+            self.stamps[p].append(now)
+            self.nats_stamps.append(now)
         appended = batch.append(
             key=self.room_key[room],
             value=payload,
@@ -206,6 +208,11 @@ class Relay:
     async def flush(self, *, close: bool = True) -> list[asyncio.Future[Any]]:
         """Send what is queued: one record batch per partition (closed: sent at once; else aiokafka may
         linger on it), and a NATS flush; returns the acks."""
+        acks = await self.flush_kafka(close=close)
+        await self.flush_nats()
+        return acks
+
+    async def flush_kafka(self, *, close: bool = True) -> list[asyncio.Future[Any]]:
         batches, self.batches = self.batches, {}
         stamps, self.stamps = self.stamps, {}
         acks = []
@@ -216,35 +223,55 @@ class Relay:
             if self.latency is not None:
                 ack.add_done_callback(lambda f, s=stamps[p]: self._confirmed("kafka", f, s))
             acks.append(ack)
-        await self.nc.flush()
-        if self.latency is not None and stamps:
-            self.latency["nats"].record_since(time.monotonic(), chain.from_iterable(stamps.values()))
-            self.published["nats"][0] += sum(len(v) for v in stamps.values())
-            self.published["nats"][1] += 1
         self.tick()
         return acks
 
+    async def flush_nats(self) -> None:
+        """nats-py's flush: a PING, and its PONG. The messages published since the last one are counted
+        confirmed by it (nats-py writes the PING past any it has not written yet: microseconds early)."""
+        stamps, self.nats_stamps = self.nats_stamps, []
+        try:
+            await self.nc.flush()
+        except BaseException:
+            self.published["nats"][2] += len(stamps)
+            raise
+        if self.latency is not None and stamps:
+            self.latency["nats"].record_since(time.monotonic(), stamps)
+            self.published["nats"][0] += len(stamps)
+            self.published["nats"][1] += 1
+
     def _confirmed(self, bus: str, ack: asyncio.Future[Any], stamps: list[float]) -> None:
-        if self.latency is not None and not ack.cancelled() and ack.exception() is None:
-            self.latency[bus].record_since(time.monotonic(), stamps)
-            self.published[bus][0] += len(stamps)
-            self.published[bus][1] += 1
+        if self.latency is None:
+            return
+        if ack.cancelled() or ack.exception() is not None:
+            self.published[bus][2] += len(stamps)
+            return
+        self.latency[bus].record_since(time.monotonic(), stamps)
+        self.published[bus][0] += len(stamps)
+        self.published[bus][1] += 1
 
     def summary(self) -> str:
         """The bridge's shutdown line per bus (bridge.app), for the read -> confirmed times."""
         lines = []
         for bus, h in (self.latency or {}).items():
+            published, batches, lost = self.published[bus]
+            p50, p99, top = h.percentile(50) * 1e3, h.percentile(99) * 1e3, h.max_s * 1e3
             lines.append(
-                f"bus {bus}: {self.published[bus][0]} events published in {self.published[bus][1]} batches, "
-                f"0 dropped; added latency (put -> confirmed) p50 {h.percentile(50) * 1e3:.3f} ms "
-                f"p99 {h.percentile(99) * 1e3:.3f} ms max {h.max_s * 1e3:.3f} ms over {h.count} events"
+                f"bus {bus}: {published} events published in {batches} batches, {lost} dropped; added "
+                f"latency (put -> confirmed) p50 {p50:.3f} ms p99 {p99:.3f} ms max {top:.3f} ms "
+                f"over {h.count} events"
             )
         return "\n".join(lines)
 
     async def flush_every(self, interval_s: float) -> None:
+        """Kafka and NATS each every ``interval_s``, apart (as the bridge's outboxes): a NATS flush never
+        waits behind a Kafka batch that aiokafka holds until the one before it is acknowledged."""
+        await asyncio.gather(self._kafka_every(interval_s), self._nats_every(interval_s))
+
+    async def _kafka_every(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            self.acks.extend(await self.flush())
+            self.acks.extend(await self.flush_kafka())
             pending = []
             for ack in self.acks:
                 if ack.done():
@@ -252,6 +279,11 @@ class Relay:
                 else:
                     pending.append(ack)
             self.acks = pending
+
+    async def _nats_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.flush_nats()
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -281,10 +313,14 @@ async def _main(args: argparse.Namespace) -> int:
                     t.result()  # raises why a room's socket ended
         await asyncio.sleep(0.05)  # poll: the join count has no event of its own
     print("READY", flush=True)
-    await stop.wait()
-    for task in (*tasks, flusher):
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopping, flusher], return_when=asyncio.FIRST_COMPLETED)
+    failed = flusher.done() and not flusher.cancelled() and flusher.exception() is not None
+    if failed:  # a produce or a flush failed: the numbers would be wrong, so say so and end non-zero
+        print(f"lean relay: publishing failed: {flusher.exception()!r}", file=sys.stderr, flush=True)
+    for task in (*tasks, flusher, stopping):
         task.cancel()
-    await asyncio.gather(*tasks, flusher, return_exceptions=True)
+    await asyncio.gather(*tasks, flusher, stopping, return_exceptions=True)
     if args.latency:  # first: every measured batch was confirmed long ago
         print(relay.summary(), file=sys.stderr, flush=True)
     for name, closing in (("nats", nc.close()), ("kafka", producer.stop())):
@@ -293,7 +329,7 @@ async def _main(args: argparse.Namespace) -> int:
         except TimeoutError:  # a harness hiccup, not a measurement: say so and go on
             print(f"lean relay: closing the {name} client took over {CLOSE_TIMEOUT_S:g}s", file=sys.stderr)
     print(f"DONE {relay.frames}", flush=True)
-    return 0
+    return 1 if failed else 0
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from cloudevents.core.formats.json import JSONFormat
 from bridge.bus.bindings import CLOUDEVENTS_JSON, nats_subject
 from bridge.bus.nats import NatsPublisher, stream_name_for
 from bridge.config import NatsSettings
-from bridge.errors import BusUnavailable
+from bridge.errors import BusUnavailable, PublishFailed
 from bridge.events.cloudevent import CloudEvent
 from support.brokers import NatsServer, unique_name
 from support.bus_consumers import JetStreamCollector, NatsCollector, Received, wait_for_count
@@ -155,3 +156,28 @@ def _stopped(pid: int) -> bool:
     # /proc/<pid>/stat: "pid (comm) state ..."; T is stopped by a signal.
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rpartition(")")[2].split()[0] == "T"
+
+
+@pytest.mark.parametrize("jetstream", [False, True], ids=["core", "jetstream"])
+async def test_an_event_whose_headers_push_it_past_max_payload_is_refused_not_sent(
+    nats_server: NatsServer, jetstream: bool
+) -> None:
+    """The server counts headers and payload together against ``max_payload`` and drops the connection of
+    a client that sends more (every batch in flight with it); a binary event's data alone may fit."""
+    rig, _ = await _rig(nats_server, binary=True, jetstream=jetstream)
+    publisher = rig.publisher
+    assert isinstance(publisher, NatsPublisher)
+    try:
+        limit = publisher._nc.max_payload  # type: ignore[union-attr]
+        event = dataclasses.replace(mixed_events(1)[0], data=b"\x00" * (limit - 100))
+        with pytest.raises(PublishFailed, match="max_payload") as refused:
+            await publisher.publish_batch([event])
+        assert not refused.value.retriable
+        assert publisher.connected
+        events = mixed_events(3)
+        await publisher.publish_batch(events)
+        received = await wait_for_count(rig.collector, len(events), DELIVERY_DEADLINE_S)
+        assert sorted(r.id for r in received) == sorted(e.id for e in events)
+    finally:
+        await rig.collector.aclose()
+        await publisher.aclose()

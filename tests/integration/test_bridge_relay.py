@@ -292,6 +292,7 @@ async def test_publish_track_plays_a_video_file(
         assert (info.width, info.height) == (WIDTH, HEIGHT)
         # Announced as LiveKit's SDKs announce a track that is not simulcast: one HIGH layer.
         assert [(x.quality, x.width, x.height) for x in info.layers] == [(models.HIGH, WIDTH, HEIGHT)]
+        assert [list(c.layers) for c in info.codecs] == [list(info.layers)]
         session = bridge.supervisor.sessions[ROOM]
         cid, track = session.published[info.sid]
         assert (track.kind, track.passthrough, track.mime_type) == ("video", passthrough, mime)

@@ -183,6 +183,7 @@ class StealTimeline:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> StealTimeline:
+        self.samples.append((time.time_ns(), machine_jiffies()))  # before the window opens, surely
         self._thread.start()
         return self
 
@@ -191,19 +192,17 @@ class StealTimeline:
         self._thread.join()
 
     def _sample(self) -> None:
-        while True:
+        while not self._stop.wait(self.interval_s):
             self.samples.append((time.time_ns(), machine_jiffies()))
-            if self._stop.wait(self.interval_s):
-                self.samples.append((time.time_ns(), machine_jiffies()))
-                return
+        self.samples.append((time.time_ns(), machine_jiffies()))
 
     def steal_percent(self, t0_ns: int, t1_ns: int) -> float:
-        """Steal share (%) between the last samples at or before ``t0_ns`` and ``t1_ns`` (nan: none)."""
-        before = [j for t, j in self.samples if t <= t0_ns]
-        upto = [j for t, j in self.samples if t <= t1_ns]
-        if not before or not upto or upto[-1] is before[-1]:
+        """Steal share (%) over the shortest sampled span that covers [t0_ns, t1_ns] (nan: not covered)."""
+        start = [j for t, j in self.samples if t <= t0_ns]
+        end = [j for t, j in self.samples if t >= t1_ns]
+        if not start or not end:
             return float("nan")
-        return machine_load(before[-1], upto[-1])[1]
+        return machine_load(start[-1], end[0])[1]
 
 
 def machine_load(start: tuple[int, int, int], end: tuple[int, int, int]) -> tuple[float, float]:

@@ -122,6 +122,19 @@ def test_data_packets_carry_their_sender_as_subject() -> None:
     assert models.UserPacket.FromString(event.data).payload == b"hi"
 
 
+@pytest.mark.parametrize("name", ["subject", "lkroom", "data", "lkCommandId", "lk-command", "x" * 21, ""])
+def test_bridge_events_refuse_an_extension_name_the_bindings_cannot_carry(name: str) -> None:
+    # An attribute's name would go out twice (a second ce-subject header); others are not CloudEvents names.
+    mapper = EventMapper(CTX)
+    with pytest.raises(ValueError, match="invalid CloudEvent extension name"):
+        mapper.bridge("command_result", wrappers_pb2.StringValue(), wall=WALL, extensions=((name, "v"),))
+    event = mapper.bridge(
+        "command_result", wrappers_pb2.StringValue(), wall=WALL, extensions=(("lkcommandid", "c1"),)
+    )
+    assert event is not None
+    assert event.extensions == (("lkcommandid", "c1"),)
+
+
 def test_oneof_payload_slices_or_declines() -> None:
     big = rtc.SignalResponse(
         update=rtc.ParticipantUpdate(participants=[models.ParticipantInfo(identity="x" * 300)])
