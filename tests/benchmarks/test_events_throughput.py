@@ -763,7 +763,9 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
             GOAL_NAIVE_X,
             True,
         ),
-        f">= {GOAL_LEAN_FRACTION} of lean (end to end)": (
+        # Not like for like: the bridge's end-to-end maximum (capped by this machine) over the lean loop in
+        # process. Like for like is test_bridge_latency's lean relay (0.76-0.85 by CPU per event).
+        f">= {GOAL_LEAN_FRACTION} of lean (bridge max end to end / lean in process)": (
             results.ratios["bridge_max/lean"],
             GOAL_LEAN_FRACTION,
             True,
@@ -773,7 +775,9 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
             GOAL_LEAN_FRACTION,
             True,
         ),
-        f"p99 < {GOAL_P99_MS:.0f} ms at 5k/s (worse bus)": (p99, GOAL_P99_MS, False),
+        # Absolute e2e, consumer and brokers on the same 2 cores; what the bridge ADDS over the lean limit is
+        # test_bridge_latency's lean-relay test.
+        f"p99 < {GOAL_P99_MS:.0f} ms at 5k/s (absolute e2e, worse bus)": (p99, GOAL_P99_MS, False),
     }
     results.goals = {
         name: f"{'met' if (v >= t if higher else v < t) else 'NOT MET'} ({v:.2f})"
@@ -794,8 +798,8 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
         assert goal.delivered_rate[bus] >= 0.97 * goal.sim_rate, f"{bus}: {goal.delivered_rate[bus]}"
     # The 4x goal, judged on CPU per event (4.8-7.5x measured): the max sustained rate is bounded by what
     # this 2-core machine leaves the bridge (the 8k step passes in some runs and not in others, 3.0-5.6x).
-    # The end-to-end lean fraction and the p99 goal are not met here (see the table's "goals" line):
-    # reported, deliberately not asserted.
+    # The end-to-end lean fraction and the absolute p99 are not met here (see the table's "goals" line):
+    # reported, deliberately not asserted; test_bridge_latency's lean-relay test measures both like for like.
     assert results.ratios["naive_us/bridge_us (CPU per event)"] >= GOAL_NAIVE_X, results.ratios
 
 
