@@ -71,6 +71,7 @@ from support.bench import (
     bridge_metrics,
     machine_jiffies,
     machine_load,
+    quit_and_stop,
     report,
     sched_seconds,
     spawn,
@@ -185,30 +186,29 @@ def _bridge_added(log: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def _start_ready(script: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python tests/benchmarks/<script> ARGS``, piped; returns once it printed READY."""
+    proc = spawn([str(HERE / script), *args], log, piped=True)
+    ask(proc, None, "READY", 30)
+    return proc
+
+
 def _start_sim(log: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
-    """``events_sim.py`` on ``port`` with the ROOMS load rooms; returns once it is READY."""
-    sim = spawn(
-        [str(HERE / "events_sim.py"), "--port", str(port), "--rooms", str(ROOMS),
-         "--api-key", API_KEY, "--api-secret", API_SECRET, *options],
-        log,
-        piped=True,
+    """``events_sim.py`` on ``port`` with the ROOMS load rooms."""
+    return _start_ready(
+        "events_sim.py", log, "--port", str(port), "--rooms", str(ROOMS),
+        "--api-key", API_KEY, "--api-secret", API_SECRET, *options,
     )  # fmt: skip
-    ask(sim, None, "READY", 30)
-    return sim
 
 
 def _start_consumer(
     log: Path, nats_url: str, prefix: str, bootstrap: str, topic: str, out: Path
 ) -> subprocess.Popen[bytes]:
-    """``events_consumer.py`` on ``<prefix>.events.>`` and every partition of ``topic``, READY."""
-    consumer = spawn(
-        [str(HERE / "events_consumer.py"), "--nats", nats_url, "--prefix", prefix,
-         "--kafka", bootstrap, "--topic", topic, "--out", str(out)],
-        log,
-        piped=True,
+    """``events_consumer.py`` on ``<prefix>.events.>`` and every partition of ``topic``."""
+    return _start_ready(
+        "events_consumer.py", log, "--nats", nats_url, "--prefix", prefix,
+        "--kafka", bootstrap, "--topic", topic, "--out", str(out),
     )  # fmt: skip
-    ask(consumer, None, "READY", 30)
-    return consumer
 
 
 def _start_bridge(
@@ -540,11 +540,7 @@ def _tear_down(
     """Stop whatever a test started, in order: the consumer, the bridge (or relay), the simulator, brokers."""
     stop(consumer, deadline_s=10)
     stop(relay, deadline_s=20)
-    if sim is not None and sim.stdin is not None:
-        with contextlib.suppress(OSError):
-            sim.stdin.write(b"quit\n")
-            sim.stdin.flush()
-    stop(sim, deadline_s=15)
+    quit_and_stop(sim)
     if kafka is not None:
         kafka.close()
     if nats_server is not None:

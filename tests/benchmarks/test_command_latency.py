@@ -71,6 +71,7 @@ from support.bench import (
     bridge_ready,
     cpu_seconds,
     pct,
+    quit_and_stop,
     report,
     rss_mb,
     spawn,
@@ -355,11 +356,7 @@ def test_command_latency(bus: str, tmp_path: Path, pytestconfig: pytest.Config) 
         assert code == 0, f"bridge exit {code}:\n{tail(logs['bridge'])}"
     finally:
         stop(bridge, deadline_s=30)
-        if sim is not None and sim.stdin is not None:
-            with contextlib.suppress(OSError):
-                sim.stdin.write(b"quit\n")
-                sim.stdin.flush()
-        stop(sim, deadline_s=15)
+        quit_and_stop(sim)
         if broker is not None:
             broker.close()
 

@@ -80,6 +80,7 @@ from support.bench import (
     machine_load,
     own_cpu_seconds,
     pct,
+    quit_and_stop,
     report,
     rss_mb,
     stop,
@@ -705,11 +706,7 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
         assert code == 0, f"bridge exit code {code} after SIGTERM:\n{tail(bridge_log)}"
         results.bridge_reconnects = bridge_log.read_text(errors="replace").count("signal lost")
         bridge = None
-        if sim.stdin is not None:
-            with contextlib.suppress(OSError):
-                sim.stdin.write(b"quit\n")
-                sim.stdin.flush()
-        stop(sim, deadline_s=15)
+        quit_and_stop(sim)
         sim = None
 
         # References on the same brokers, with nothing else running.

@@ -68,6 +68,15 @@ def stop(proc: subprocess.Popen[bytes] | None, *, deadline_s: float) -> int | No
                     pipe.close()
 
 
+def quit_and_stop(sim: subprocess.Popen[bytes] | None, *, deadline_s: float = 15) -> None:
+    """A piped simulator: ``quit`` on its command line (it closes its rooms), then :func:`stop`."""
+    if sim is not None and sim.stdin is not None:
+        with contextlib.suppress(OSError):
+            sim.stdin.write(b"quit\n")
+            sim.stdin.flush()
+    stop(sim, deadline_s=deadline_s)
+
+
 def spawn(args: list[str], log: Path, *, piped: bool) -> subprocess.Popen[bytes]:
     """``python ARGS`` from the repository; ``piped``: stdin/stdout are pipes (a line protocol, see
     :func:`ask`) and stderr goes to ``log``, else everything goes to ``log``."""
