@@ -37,7 +37,7 @@ from bridge.bus.bindings import (
     nats_structured,
     nats_subject,
 )
-from bridge.bus.nats_wire import batch_frames, header_block
+from bridge.bus.nats_wire import batch_frames, header_block, header_block_size
 from bridge.config import NatsSettings
 from bridge.errors import BusError
 from bridge.events.cloudevent import CloudEvent
@@ -207,23 +207,23 @@ class NatsPublisher:
             raise unavailable(self.name, "not connected")
         if self._jetstream:
             messages = self._encode(events)
-            self._check_sizes(nc, ((header_block(h), payload) for _, payload, h in messages))
+            self._check_sizes(nc, ((header_block_size(h), payload) for _, payload, h in messages))
             return asyncio.ensure_future(self._jetstream_confirmed(messages))
         framed = self._frame(events)
-        self._check_sizes(nc, ((block, payload) for _, block, payload in framed))
+        self._check_sizes(nc, ((len(block), payload) for _, block, payload in framed))
         pong = self._publish_core(nc, len(events), framed)
         return confirmation(self.name, (pong,), self._publish_timeout_s, self._translate)
 
-    def _check_sizes(self, nc: Client, messages: Iterable[tuple[bytes, bytes]]) -> None:
+    def _check_sizes(self, nc: Client, messages: Iterable[tuple[int, bytes]]) -> None:
         """Before anything is sent, so a refused batch was not half published. The server holds headers
         and payload together to ``max_payload``, and closes the connection of a client that sends more:
         every batch in flight would be lost with it, and this one retried forever."""
         limit = nc.max_payload
-        for block, payload in messages:
-            if len(block) + len(payload) > limit:
+        for header_bytes, payload in messages:
+            if header_bytes + len(payload) > limit:
                 raise rejected(
                     self.name,
-                    f"an event of {len(payload)} bytes and {len(block)} bytes of headers exceeds the "
+                    f"an event of {len(payload)} bytes and {header_bytes} bytes of headers exceeds the "
                     f"server's max_payload ({limit} bytes)",
                 )
 

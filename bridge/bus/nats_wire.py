@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-__all__ = ["BLOCK_END", "BLOCK_START", "batch_frames", "header_block", "header_lines"]
+__all__ = ["BLOCK_END", "BLOCK_START", "batch_frames", "header_block", "header_block_size", "header_lines"]
 
 BLOCK_START: Final = b"NATS/1.0\r\n"  # a header block: BLOCK_START, header lines, BLOCK_END
 BLOCK_END: Final = b"\r\n"
@@ -27,6 +27,15 @@ _SUBJECT_BAD: Final = frozenset(" \t\r\n")
 def header_block(headers: Mapping[str, str]) -> bytes:
     """The encoded header block; ValueError names a key or value NATS would not carry."""
     return b"".join((BLOCK_START, header_lines(headers), BLOCK_END))
+
+
+def header_block_size(headers: Mapping[str, str]) -> int:
+    """``len(header_block(headers))`` without building or checking it: for a size check ahead of a client
+    that encodes (and checks) the block itself."""
+    size = len(BLOCK_START) + len(BLOCK_END)
+    for key, value in headers.items():
+        size += len(key.encode()) + len(value.encode()) + 4  # ": " and CRLF
+    return size
 
 
 def header_lines(headers: Mapping[str, str]) -> bytes:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from nats.protocol.command import hpub_cmd
 
-from bridge.bus.nats_wire import batch_frames, header_block
+from bridge.bus.nats_wire import batch_frames, header_block, header_block_size
 
 
 def _nats_py(subject: str, block: bytes, payload: bytes) -> bytes:
@@ -35,3 +37,18 @@ def test_a_batch_is_the_commands_in_order() -> None:
 def test_what_nats_cannot_carry_is_refused(headers: dict[str, str], subject: str) -> None:
     with pytest.raises(ValueError, match="NATS"):
         batch_frames([(subject, header_block(headers), b"")])
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"[A-Za-z0-9-]{1,12}", fullmatch=True),
+        st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=30),
+        max_size=8,
+    )
+)
+def test_header_block_size_is_the_blocks_length(headers: dict[str, str]) -> None:
+    try:
+        block = header_block(headers)
+    except UnicodeEncodeError:  # a lone surrogate: no block either way
+        return
+    assert header_block_size(headers) == len(block)
