@@ -43,26 +43,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from livekit.protocol import rtc
 
 from bridge.bus.outbox import LatencyHistogram
+from bridge.events.mapping import oneof_payload
 
 PING_INTERVAL_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
-
-
-def slice_payload(frame: bytes) -> bytes:
-    """The bytes of the one length-delimited oneof field a SignalResponse frame holds."""
-    pos = 0
-    while frame[pos] & 0x80:  # the tag (one byte up to field 15, two beyond)
-        pos += 1
-    pos += 1
-    length = shift = 0
-    while True:
-        b = frame[pos]
-        pos += 1
-        length |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
-    return frame[pos : pos + length]
 
 
 def _token(args: argparse.Namespace, room: str) -> str:
@@ -163,7 +147,9 @@ class Relay:
             return
         if kind == "join":
             self.joined += 1
-        payload = slice_payload(frame)
+        payload = oneof_payload(frame)
+        if payload is None:  # a SignalResponse is one length-delimited field: never here
+            raise RuntimeError(f"lean relay: a {kind} frame is not one length-delimited field")
         t = self.types.get(kind)
         if t is None:
             t = self.types[kind] = (f"io.livekit.signal.{kind}.v1".encode(), f"io.livekit.signal.{kind}.v1")

@@ -64,11 +64,12 @@ from bridge.demo_services import free_port
 from support.bench import (
     API_KEY,
     API_SECRET,
-    IDENTITY,
     LAUNCHER,
     StealTimeline,
+    active_rooms,
     ask,
     bridge_metrics,
+    livekit_section,
     machine_jiffies,
     machine_load,
     quit_and_stop,
@@ -103,24 +104,6 @@ ADDED: Final = re.compile(
     r"bus (\w+): (\d+) events published in (\d+) batches, (\d+) dropped; added latency \(put -> confirmed\) "
     r"p50 ([\d.]+) ms p99 ([\d.]+) ms max ([\d.]+) ms over (\d+) events"
 )
-# `python -m bridge ...` with loopback-only ICE host candidates (as test_events_throughput).
-
-
-def _all_active(port: int, names: set[str]) -> bool:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/admin/rooms", headers={"Authorization": f"Bearer {API_SECRET}"}
-    )
-    with urllib.request.urlopen(request, timeout=20) as response:  # loopback only
-        rooms: list[dict[str, Any]] = json.load(response)["rooms"]
-    active = {
-        room["room"].get("name", "")
-        for room in rooms
-        if any(
-            p.get("identity") == IDENTITY and p.get("state") == "ACTIVE" and p.get("connected")
-            for p in room["participants"]
-        )
-    }
-    return names <= active
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -226,12 +209,7 @@ def _start_bridge(
     config.write_text(
         yaml.safe_dump(
             {
-                "livekit": {
-                    "url": f"ws://127.0.0.1:{port}",
-                    "api_key": API_KEY,
-                    "api_secret": API_SECRET,
-                    "identity": IDENTITY,
-                },
+                "livekit": livekit_section(port),
                 "rooms": {"static": sorted(rooms)},
                 "kafka": kafka_section,
                 "nats": {"servers": [nats_url], "subject_prefix": prefix},
@@ -247,7 +225,7 @@ def _start_bridge(
         while True:
             assert bridge.poll() is None, f"bridge exited:\n{tail(log)}"
             with contextlib.suppress(OSError, urllib.error.URLError):
-                if _all_active(port, rooms):
+                if active_rooms(port, rooms) == rooms:
                     return bridge
             assert time.monotonic() < deadline, f"rooms not all ACTIVE:\n{tail(log)}"
             time.sleep(0.5)  # poll interval

@@ -72,10 +72,10 @@ from bridge.demo_services import free_port
 from support.bench import (
     API_KEY,
     API_SECRET,
-    IDENTITY,
     REPO,
     active_rooms,
     cpu_seconds,
+    livekit_section,
     machine_jiffies,
     machine_load,
     own_cpu_seconds,
@@ -639,12 +639,7 @@ def test_events_throughput(tmp_path: Path, pytestconfig: pytest.Config) -> None:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "livekit": {
-                        "url": f"ws://127.0.0.1:{port}",
-                        "api_key": API_KEY,
-                        "api_secret": API_SECRET,
-                        "identity": IDENTITY,
-                    },
+                    "livekit": livekit_section(port),
                     "rooms": {"static": rooms},
                     "kafka": {
                         "bootstrap_servers": [kafka.bootstrap],

@@ -44,12 +44,12 @@ from bridge.demo_services import free_port
 from support.bench import (
     API_KEY,
     API_SECRET,
-    IDENTITY,
     LAUNCHER,
     REPO,
     active_rooms,
     admin_rooms,
     cpu_seconds,
+    livekit_section,
     report,
     status_value,
     stop,
@@ -177,12 +177,7 @@ def _measure(n: int, *, knobs: bool, window_s: float, work: Path) -> Result:
     config.write_text(
         yaml.safe_dump(
             {
-                "livekit": {
-                    "url": f"ws://127.0.0.1:{port}",
-                    "api_key": API_KEY,
-                    "api_secret": API_SECRET,
-                    "identity": IDENTITY,
-                },
+                "livekit": livekit_section(port),
                 "rooms": {"static": rooms},
             }
         )

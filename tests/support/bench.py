@@ -33,6 +33,16 @@ LAUNCHER: Final = (
 _HTTP_URL: Final = re.compile(r"http: serving .* on (http://\S+)")
 
 
+def livekit_section(port: int) -> dict[str, str]:
+    """The bridge's ``livekit`` settings for the benchmark simulator on ``port``."""
+    return {
+        "url": f"ws://127.0.0.1:{port}",
+        "api_key": API_KEY,
+        "api_secret": API_SECRET,
+        "identity": IDENTITY,
+    }
+
+
 def report(config: pytest.Config, text: str) -> None:
     """Print past pytest's output capture (fd-level by default): the numbers are the point of the run."""
     capture = config.pluginmanager.get_plugin("capturemanager")
